@@ -1,0 +1,70 @@
+"""`cutmix-train`: a Hydra main that turns user mistakes into one-line errors.
+
+Hydra normally prints its own multi-line report (or a traceback). We ask it to re-raise
+(HYDRA_FULL_ERROR=1) and print the first meaningful line ourselves, exiting with status 2.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
+
+from cutmix_runner.config import ConfigError, register_configs, validate
+
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+
+register_configs()
+
+
+class UserError(Exception):
+    """Raised inside the Hydra job for mistakes the user can fix; printed as one line."""
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def train(cfg: DictConfig) -> float:
+    from cutmix_runner.data import DataError
+    from cutmix_runner.model import ModelError
+    from cutmix_runner.trainer import RunError, Trainer
+
+    try:
+        run_cfg = validate(cfg)
+        out_dir = Path(HydraConfig.get().runtime.output_dir)
+        summary = Trainer(run_cfg, out_dir).fit()
+    except (ConfigError, DataError, ModelError, RunError) as exc:
+        raise UserError(str(exc)) from exc
+    return float(summary["best"]["val_accuracy"])
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OmegaConfBaseException):
+        # OmegaConf appends "full_key: ..., object_type=..." lines; keep the first line and key.
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        key = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("full_key:")), "")
+        first = lines[0] if lines else type(exc).__name__
+        return f"{first} (key: {key})" if key and key not in first else first
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    # Hydra's override errors put the cause after "Could not override ...".
+    return " ".join(lines[:3]) if lines else type(exc).__name__
+
+
+def main() -> None:
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        train()
+    except UserError as exc:
+        print(f"cutmix-train: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except (HydraException, OmegaConfBaseException) as exc:
+        cause = exc.__cause__ if isinstance(exc.__cause__, OmegaConfBaseException) else exc
+        print(f"cutmix-train: config error: {_one_line(cause)}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("cutmix-train: interrupted", file=sys.stderr)
+        sys.exit(130)

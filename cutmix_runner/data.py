@@ -1,0 +1,250 @@
+"""CIFAR-10 (and a synthetic stand-in) as whole-dataset uint8 tensors with batched augmentation.
+
+Everything stays in memory as one (N, 3, 32, 32) uint8 tensor on the training device; batches
+are sliced, augmented, resized and normalised in torch, with no per-image PIL work.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cutmix_runner.config import DataConfig
+
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_FILENAME = "cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+CIFAR10_FOLDER = "cifar-10-batches-py"
+TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
+TEST_BATCH = "test_batch"
+TRAIN_COUNT, TEST_COUNT = 50000, 10000
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
+                   "dog", "frog", "horse", "ship", "truck")
+
+
+class DataError(RuntimeError):
+    """Missing, corrupt or malformed data; the message says which file and how to fix it."""
+
+
+@dataclass
+class Splits:
+    """uint8 images (N, 3, H, W) and int64 labels for each split."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    classes: tuple[str, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def to(self, device: torch.device) -> Splits:
+        moved = {k: getattr(self, k).to(device) for k in
+                 ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")}
+        return Splits(**moved, classes=self.classes)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def find_cifar10_folder(root: str | Path) -> Path:
+    """`root` may be the batches folder itself or a folder that contains it."""
+    root = Path(root)
+    if (root / TRAIN_BATCHES[0]).exists():
+        return root
+    return root / CIFAR10_FOLDER
+
+
+def download_cifar10(root: str | Path) -> None:
+    """Fetch and unpack the official archive; torchvision checks the official MD5."""
+    from torchvision.datasets.utils import download_and_extract_archive
+
+    try:
+        download_and_extract_archive(CIFAR10_URL, download_root=str(root),
+                                     filename=CIFAR10_FILENAME, md5=CIFAR10_MD5)
+    except Exception as exc:  # network errors, MD5 mismatch, bad archive
+        raise DataError(f"downloading CIFAR-10 into {root} failed: {exc}") from exc
+    if not (Path(root) / CIFAR10_FOLDER / TRAIN_BATCHES[0]).exists():
+        raise DataError(f"the downloaded archive did not contain {CIFAR10_FOLDER}/")
+
+
+def _load_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    if not path.exists():
+        raise DataError(f"missing CIFAR-10 file {path}")
+    try:
+        with open(path, "rb") as f:
+            entry = pickle.load(f, encoding="latin1")
+        data = np.asarray(entry["data"], dtype=np.uint8)
+        labels = np.asarray(entry.get("labels", entry.get("fine_labels")), dtype=np.int64)
+    except Exception as exc:
+        raise DataError(f"corrupt CIFAR-10 file {path}: {type(exc).__name__}: {exc}") from exc
+    # Validate by structure, not MD5: re-serialised copies are legitimate.
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise DataError(f"{path}: expected data of shape (N, 3072), got {data.shape}")
+    if labels.shape != (data.shape[0],):
+        raise DataError(f"{path}: {labels.shape[0]} labels for {data.shape[0]} images")
+    if labels.size and (labels.min() < 0 or labels.max() > 9):
+        raise DataError(f"{path}: labels outside 0..9")
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+def load_cifar10(root: str | Path, download: bool = False) -> tuple[torch.Tensor, ...]:
+    """Return (train_x, train_y, test_x, test_y) as uint8/int64 tensors."""
+    folder = find_cifar10_folder(root)
+    if not folder.exists():
+        if not download:
+            raise DataError(f"CIFAR-10 not found at {folder}; set data.root to the folder "
+                            "holding cifar-10-batches-py, or data.download=true")
+        download_cifar10(root)
+        folder = find_cifar10_folder(root)
+    parts = [_load_batch(folder / name) for name in TRAIN_BATCHES]
+    train_x = np.concatenate([p[0] for p in parts])
+    train_y = np.concatenate([p[1] for p in parts])
+    test_x, test_y = _load_batch(folder / TEST_BATCH)
+    if len(train_x) != TRAIN_COUNT or len(test_x) != TEST_COUNT:
+        raise DataError(f"{folder}: expected {TRAIN_COUNT} train and {TEST_COUNT} test images, "
+                        f"got {len(train_x)} and {len(test_x)}")
+    return (torch.from_numpy(train_x), torch.from_numpy(train_y),
+            torch.from_numpy(test_x), torch.from_numpy(test_y))
+
+
+def make_synthetic(train_size: int, test_size: int, num_classes: int,
+                   seed: int = 1234) -> tuple[torch.Tensor, ...]:
+    """Class-dependent colour blocks plus noise: learnable in a few epochs, fully deterministic."""
+    g = torch.Generator().manual_seed(seed)
+    palette = torch.randint(30, 226, (num_classes, 3, 1, 1), generator=g).float()
+    # Each class also gets a bright quadrant so that spatial features matter.
+    quadrants = torch.arange(num_classes) % 4
+
+    def sample(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        y = torch.arange(n) % num_classes
+        x = palette[y].expand(n, 3, 32, 32).clone()
+        for q in range(4):
+            idx = (quadrants[y] == q).nonzero().flatten()
+            r, c = divmod(q, 2)
+            x[idx, :, r * 16:(r + 1) * 16, c * 16:(c + 1) * 16] += 60
+        x += 25 * torch.randn(x.shape, generator=g)
+        return x.clamp(0, 255).to(torch.uint8), y
+
+    train_x, train_y = sample(train_size)
+    test_x, test_y = sample(test_size)
+    return train_x, train_y, test_x, test_y
+
+
+def stratified_split(labels: torch.Tensor, size: int,
+                     seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pick `size` indices with (near-)equal counts per class; return (picked, rest), sorted."""
+    if size == 0:
+        return torch.empty(0, dtype=torch.long), torch.arange(len(labels))
+    if size >= len(labels):
+        raise DataError(f"cannot hold out {size} of {len(labels)} images")
+    g = torch.Generator().manual_seed(seed)
+    classes = labels.unique()
+    picked = []
+    # Give each class its share; the remainder goes to the first classes.
+    share, extra = divmod(size, len(classes))
+    for i, c in enumerate(classes.tolist()):
+        idx = (labels == c).nonzero().flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        take = share + (1 if i < extra else 0)
+        if take > len(idx):
+            raise DataError(f"class {c} has only {len(idx)} images, {take} requested")
+        picked.append(idx[:take])
+    chosen = torch.cat(picked).sort().values
+    mask = torch.ones(len(labels), dtype=torch.bool)
+    mask[chosen] = False
+    return chosen, mask.nonzero().flatten()
+
+
+def build_splits(cfg: DataConfig) -> Splits:
+    if cfg.name == "synthetic":
+        tx, ty, sx, sy = make_synthetic(cfg.synthetic_train_size, cfg.synthetic_test_size,
+                                        cfg.synthetic_classes)
+        classes = tuple(f"class_{i}" for i in range(cfg.synthetic_classes))
+    else:
+        tx, ty, sx, sy = load_cifar10(os.path.expanduser(cfg.root), cfg.download)
+        classes = CIFAR10_CLASSES
+    val_idx, train_idx = stratified_split(ty, cfg.val_size, cfg.split_seed)
+    if cfg.train_subset is not None:
+        if cfg.train_subset > len(train_idx):
+            raise DataError(f"data.train_subset={cfg.train_subset} exceeds the "
+                            f"{len(train_idx)} training images left after validation")
+        if cfg.train_subset < len(train_idx):
+            keep, _ = stratified_split(ty[train_idx], cfg.train_subset, cfg.split_seed + 1)
+            train_idx = train_idx[keep]
+    return Splits(tx[train_idx], ty[train_idx], tx[val_idx], ty[val_idx], sx, sy, classes)
+
+
+# ---------------------------------------------------------------- batching and augmentation
+
+
+class Preprocess:
+    """uint8 batch -> float batch at the model's resolution, normalised by the backbone's stats."""
+
+    def __init__(self, image_size: int, mean: tuple[float, ...], std: tuple[float, ...],
+                 channels_last: bool = False) -> None:
+        self.image_size = image_size
+        self.mean = torch.tensor(mean).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(std).view(1, 3, 1, 1) * 255
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        if x.shape[-1] != self.image_size:
+            x = F.interpolate(x, size=self.image_size, mode="bilinear", align_corners=False)
+        x = (x - self.mean.to(x.device)) / self.std.to(x.device)
+        return x.contiguous(memory_format=self.memory_format)
+
+
+def random_translate(x: torch.Tensor, pad: int, g: torch.Generator) -> torch.Tensor:
+    """Pad-and-crop for a whole batch at once: each image shifts by up to `pad` pixels."""
+    if pad == 0:
+        return x
+    n, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=g).to(x.device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=g).to(x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    chan = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+    return padded[batch, chan, rows, cols]
+
+
+def random_hflip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    flip = (torch.rand(x.shape[0], generator=g) < 0.5).to(x.device)
+    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+
+def train_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, g: torch.Generator,
+                  pad: int, hflip: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch of shuffled, augmented uint8 batches.
+
+    The last partial batch is kept unless it holds a single image, which BatchNorm cannot train on.
+    """
+    order = torch.randperm(len(x), generator=g).to(x.device)
+    for start in range(0, len(x), batch_size):
+        idx = order[start:start + batch_size]
+        if len(idx) == 1 and len(x) > 1:
+            break
+        xb = random_translate(x[idx], pad, g)
+        if hflip:
+            xb = random_hflip(xb, g)
+        yield xb, y[idx]
+
+
+def eval_batches(x: torch.Tensor, y: torch.Tensor,
+                 batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for start in range(0, len(x), batch_size):
+        yield x[start:start + batch_size], y[start:start + batch_size]

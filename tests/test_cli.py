@@ -1,0 +1,106 @@
+"""End-to-end runs of the CLI on synthetic data, and its one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import run_cli, write_cifar_folder
+
+SMOKE = ("experiment=smoke", "trainer.progress=false")
+
+
+def _tree_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("smoke") / "run"
+    result = run_cli(*SMOKE, f"hydra.run.dir={out}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    return out
+
+
+def test_end_to_end_writes_every_artifact(smoke_run: Path) -> None:
+    out = smoke_run
+    assert (out / ".hydra" / "config.yaml").exists()
+    assert (out / ".hydra" / "overrides.yaml").exists()
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in records][-2:] == ["adapt", "late"]
+    assert {r["stage"] for r in records} == {"head", "adapt", "late"}
+    for r in records:
+        for key in ("stage", "epoch", "lr_start", "lr_end", "train_loss", "clean_train_accuracy",
+                    "val_accuracy", "val_loss", "images_per_second", "seconds"):
+            assert key in r, key
+        assert 0.0 <= r["val_accuracy"] <= 1.0
+        assert set(r["lr_end"]) >= {"head/decay"}
+    # Stage-1 has no CutMix; later stages do.
+    assert all(r["mixed_batch_fraction"] == 0 for r in records if r["stage"] == "head")
+    assert any(r["mixed_batch_fraction"] > 0 for r in records if r["stage"] == "late")
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("test_accuracy", "test_loss", "best", "stages", "device", "versions"):
+        assert key in summary
+    assert [s["name"] for s in summary["stages"]] == ["head", "adapt", "late"]
+    assert summary["best"]["val_accuracy"] == max(r["val_accuracy"] for r in records)
+    best = torch.load(out / "checkpoints" / "best.pt", weights_only=False)
+    last = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
+    assert best["stage"] == summary["best"]["stage"] and best["epoch"] == summary["best"]["epoch"]
+    assert last["stage"] == "late" and last["global_epoch"] == len(records)
+    assert "optimizer" in last and "model" in last
+
+
+def test_multirun_sweep_gives_each_run_its_own_directory(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    result = run_cli("-m", *SMOKE, "schedule.stages.1.cutmix.prob=0,0.3",
+                     "schedule.stages.0.epochs=1", f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    runs = sorted(p.parent for p in sweep.glob("*/summary.json"))
+    assert len(runs) == 2
+    probs = []
+    for run in runs:
+        records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        probs.append(next(r["cutmix_prob"] for r in records if r["stage"] == "adapt"))
+    assert sorted(probs) == [0.0, 0.3]
+
+
+def _assert_one_line_error(result, pattern: str) -> None:
+    assert result.returncode != 0
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert pattern in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("args, pattern", [
+    (("trainer.bach_size=4",), "bach_size"),
+    (("schedule.stages.1.cutmix.prob=-0.5",), "schedule.stages.1.cutmix.prob"),
+    (("schedule.stages=[]",), "schedule.stages"),
+    (("model.name=resnet_does_not_exist",), "unknown timm model 'resnet_does_not_exist'"),
+    (("schedule.stages.2.unfreeze_blocks=40",), "unfreeze_blocks"),
+    (("trainer.batch_size=100000",), "larger than the training set"),
+])
+def test_bad_input_gets_one_line(args: tuple[str, ...], pattern: str, smoke_run: Path,
+                                 tmp_path: Path) -> None:
+    before = _tree_bytes(smoke_run)
+    result = run_cli(*SMOKE, f"hydra.run.dir={tmp_path / 'run'}", *args)
+    _assert_one_line_error(result, pattern)
+    assert _tree_bytes(smoke_run) == before
+
+
+def test_missing_data_folder_with_downloads_off(tmp_path: Path) -> None:
+    result = run_cli("data=cifar10", "model=tiny", "trainer.progress=false",
+                     f"data.root={tmp_path / 'nope'}", f"hydra.run.dir={tmp_path / 'run'}")
+    _assert_one_line_error(result, "CIFAR-10 not found")
+
+
+def test_corrupt_data_file(tmp_path: Path) -> None:
+    folder = tmp_path / "cifar" / "cifar-10-batches-py"
+    write_cifar_folder(folder)
+    (folder / "data_batch_4").write_bytes(b"garbage")
+    result = run_cli("data=cifar10", "model=tiny", "trainer.progress=false",
+                     f"data.root={folder.parent}", f"hydra.run.dir={tmp_path / 'run'}")
+    _assert_one_line_error(result, "data_batch_4")

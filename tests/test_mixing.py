@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cutmix_runner.mixing import CutMix, box_for_area, soft_target_cross_entropy
+
+
+def _images(n: int, size: int = 16) -> torch.Tensor:
+    # Each image is constant at a distinct value, so every pixel tells where it came from.
+    return torch.arange(1, n + 1, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 3, size, size)
+
+
+@pytest.mark.parametrize("batch", [1, 2, 5, 7, 32])
+def test_lambda_equals_true_pasted_area(batch: int) -> None:
+    mixer = CutMix(num_classes=batch + 1, prob=1.0, seed=batch)
+    x = _images(batch)
+    labels = torch.arange(batch)
+    for _ in range(50):
+        out = mixer(x, labels)
+        assert out.mixed
+        # Pixels that differ from the image itself came from the box; the box is shared.
+        box = (out.images[:, 0] != x[:, 0])
+        assert out.targets.sum(-1).allclose(torch.ones(batch))
+        # Reconstruct the box from a pixel mask: images whose partner is themselves show none.
+        changed = [i for i in range(batch) if box[i].any()]
+        for i in changed:
+            own_fraction = 1.0 - box[i].float().mean().item()
+            assert out.lam == pytest.approx(own_fraction, abs=1e-6)
+            assert out.targets[i, labels[i]].item() == pytest.approx(own_fraction, abs=1e-6)
+        if batch == 1:
+            assert out.targets[0, 0].item() == pytest.approx(1.0)
+
+
+def test_clipped_boxes_are_measured_after_clipping() -> None:
+    g = torch.Generator().manual_seed(0)
+    clipped = 0
+    for _ in range(500):
+        area = 0.5
+        top, bottom, left, right = box_for_area(20, 20, area, g)
+        assert 0 <= top <= bottom <= 20 and 0 <= left <= right <= 20
+        true_area = (bottom - top) * (right - left) / 400
+        if true_area < area - 0.06:
+            clipped += 1
+    assert clipped > 50  # centres near the border do clip
+
+    mixer = CutMix(num_classes=3, prob=1.0, min_area=0.5, max_area=0.5, seed=3)
+    x = _images(3, size=20)
+    seen_clipped = False
+    for _ in range(100):
+        out = mixer(x, torch.arange(3))
+        diff = out.images[:, 0] != x[:, 0]
+        changed = [i for i in range(3) if diff[i].any()]
+        if changed:
+            pasted = diff[changed[0]].float().mean().item()
+            assert 1 - out.lam == pytest.approx(pasted, abs=1e-6)
+            seen_clipped |= pasted < 0.45
+    assert seen_clipped
+
+
+def test_patch_area_bounds_hold() -> None:
+    mixer = CutMix(num_classes=10, prob=1.0, min_area=0.05, max_area=0.2, seed=1)
+    x = _images(8, size=32)
+    for _ in range(200):
+        out = mixer(x, torch.arange(8))
+        assert 1 - out.lam <= 0.2 + 1e-6  # clipping only shrinks the box
+        assert 1 - out.lam >= 0.0
+
+
+def test_prob_zero_never_mixes_and_prob_rate() -> None:
+    x, y = _images(4), torch.arange(4)
+    off = CutMix(num_classes=4, prob=0.0)
+    out = off(x, y)
+    assert not out.mixed and out.lam == 1.0 and torch.equal(out.images, x)
+    assert torch.equal(out.targets, F.one_hot(y, 4).float())
+    some = CutMix(num_classes=4, prob=0.3, seed=7)
+    rate = sum(some(x, y).mixed for _ in range(2000)) / 2000
+    assert abs(rate - 0.3) < 0.04
+
+
+def test_soft_target_loss_equals_weighted_cross_entropies() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(6, 5)
+    y1, y2 = torch.randint(0, 5, (6,)), torch.randint(0, 5, (6,))
+    lam = 0.37
+    targets = lam * F.one_hot(y1, 5).float() + (1 - lam) * F.one_hot(y2, 5).float()
+    assert targets.sum(-1).allclose(torch.ones(6))
+    expected = lam * F.cross_entropy(logits, y1) + (1 - lam) * F.cross_entropy(logits, y2)
+    assert soft_target_cross_entropy(logits, targets).item() == pytest.approx(expected.item(),
+                                                                               rel=1e-6)
+
+
+def test_mixed_targets_match_loss_from_cutmix() -> None:
+    mixer = CutMix(num_classes=10, prob=1.0, seed=5)
+    x, y = _images(7), torch.arange(7)
+    out = mixer(x, y)
+    assert out.targets.sum(-1).allclose(torch.ones(7))
+    logits = torch.randn(7, 10)
+    partner_labels = out.targets.clone()
+    partner_labels[torch.arange(7), y] -= out.lam
+    # Rows either carry (1 - lam) on one partner label or, when paired with themselves, nothing.
+    y2 = torch.where(partner_labels.max(-1).values > 1e-6, partner_labels.argmax(-1), y)
+    expected = out.lam * F.cross_entropy(logits, y) + (1 - out.lam) * F.cross_entropy(logits, y2)
+    assert soft_target_cross_entropy(logits, out.targets).item() == pytest.approx(
+        expected.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("kwargs", [dict(prob=-0.1), dict(prob=1.5), dict(alpha=0.0),
+                                    dict(min_area=0.5, max_area=0.2)])
+def test_bad_parameters_rejected(kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        CutMix(num_classes=10, **kwargs)

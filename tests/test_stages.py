@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+import pytest
+
+from cutmix_runner.stages import Plateau, lr_factor
+
+
+def test_lr_factor_warms_up_then_decays_to_floor() -> None:
+    factors = [lr_factor(s, warmup_steps=10, total_steps=110, min_ratio=0.01) for s in range(111)]
+    assert factors[0] == pytest.approx(0.1)
+    assert factors[9] == pytest.approx(1.0)
+    assert factors[10] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:], strict=False))
+    assert factors[110] == pytest.approx(0.01)
+    assert factors[60] == pytest.approx(0.01 + 0.99 * 0.5)
+
+
+def test_plateau_ends_exactly_when_patience_runs_out() -> None:
+    plateau = Plateau(patience=2, min_delta=0.01)
+    scripted = [0.50, 0.60, 0.605, 0.609, 0.70]
+    stops = [plateau.update(v) for v in scripted]
+    # 0.605 and 0.609 do not beat 0.60 by 0.01: the second of them exhausts patience.
+    assert stops == [False, False, False, True, False]
+
+
+def test_plateau_with_zero_patience_never_stops() -> None:
+    plateau = Plateau(patience=0, min_delta=0.0)
+    assert not any(plateau.update(0.5) for _ in range(10))
