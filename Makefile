@@ -34,7 +34,7 @@ train: setup
 
 # Two-point sweep over Stage-2's CutMix probability; each run gets its own directory.
 sweep: setup
-	$(BIN)/cutmix-train -m data.root=$(DATA_ROOT) schedule.stages.1.cutmix.prob=0,0.3 $(ARGS)
+	$(BIN)/cutmix-train -m data.root=$(DATA_ROOT) schedule.stages.adapt.regularizer.prob=0,0.3 $(ARGS)
 
 # Seconds-long end-to-end run on synthetic data.
 smoke: setup

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 
 class ConfigError(ValueError):
@@ -68,44 +68,134 @@ class DataConfig:
         _check(self.synthetic_classes >= 2, "data.synthetic_classes", "must be at least 2")
 
 
-@dataclass
-class CutMixConfig:
-    """Per-stage CutMix. Patch area bounds are fractions of the image area."""
+REGULARIZERS = ("none", "cutmix", "mixup", "random_erasing", "cutmix_or_mixup")
+RAMPS = ("constant", "linear", "step")
 
+
+@dataclass
+class RampConfig:
+    """How `prob` and the area bounds move across a stage's epochs.
+
+    constant: the regularizer's values hold for every epoch.
+    linear: they move linearly from the regularizer's values (first epoch) to the `*_end`
+      values (last epoch); a null end keeps the start value.
+    step: from stage epoch `at[i]` (1-based) on, they take `prob_steps[i]` (and
+      `min_area_steps[i]`, `max_area_steps[i]` where those lists are given).
+    """
+
+    kind: str = "constant"
+    prob_end: float | None = None
+    min_area_end: float | None = None
+    max_area_end: float | None = None
+    at: list[int] = field(default_factory=list)
+    prob_steps: list[float] = field(default_factory=list)
+    min_area_steps: list[float] = field(default_factory=list)
+    max_area_steps: list[float] = field(default_factory=list)
+
+
+@dataclass
+class RegularizerConfig:
+    """One stage's batch regularizer; see cutmix_runner/mixing.py for each kind."""
+
+    name: str = "none"  # none | cutmix | mixup | random_erasing | cutmix_or_mixup
+    # cutmix/mixup/cutmix_or_mixup: chance a batch is mixed; random_erasing: chance per image.
     prob: float = 0.0
-    alpha: float = 1.0
+    cutmix_alpha: float = 1.0  # Beta shape of the CutMix patch area within its bounds
+    mixup_alpha: float = 0.2  # MixUp's lambda ~ Beta(alpha, alpha)
+    mixup_per_sample: bool = False
+    # Patch area bounds (fractions of the image) for CutMix and Random Erasing.
     min_area: float = 0.0
     max_area: float = 1.0
+    min_aspect: float = 0.3  # Random Erasing box aspect range
+    max_aspect: float = 3.3
+    erase_fill: str = "random"  # random (noise) | zero (the normalised mean)
+    switch_prob: float = 0.5  # cutmix_or_mixup: chance a mixed batch uses CutMix
+    label_smoothing: float = 0.0  # explicit; never added silently
+    ramp: RampConfig = field(default_factory=RampConfig)
 
-    def validate(self, key: str) -> None:
-        _check_prob(self.prob, f"{key}.prob")
-        _check(self.alpha > 0, f"{key}.alpha", f"must be > 0, got {self.alpha}")
-        _check_prob(self.min_area, f"{key}.min_area")
-        _check_prob(self.max_area, f"{key}.max_area")
-        _check(self.min_area <= self.max_area, f"{key}.min_area",
-               f"must not exceed max_area ({self.min_area} > {self.max_area})")
+    def values_at(self, epoch: int, epochs: int) -> tuple[float, float, float]:
+        """(prob, min_area, max_area) for 0-based `epoch` of a stage with `epochs` epochs."""
+        prob, lo, hi = self.prob, self.min_area, self.max_area
+        ramp = self.ramp
+        if ramp.kind == "linear":
+            t = epoch / (epochs - 1) if epochs > 1 else 0.0
+
+            def lerp(start: float, end: float | None) -> float:
+                return start if end is None else start + (end - start) * t
+
+            return (lerp(prob, ramp.prob_end), lerp(lo, ramp.min_area_end),
+                    lerp(hi, ramp.max_area_end))
+        if ramp.kind == "step":
+            for i, at in enumerate(ramp.at):
+                if epoch + 1 >= at:
+                    prob = ramp.prob_steps[i]
+                    lo = ramp.min_area_steps[i] if ramp.min_area_steps else lo
+                    hi = ramp.max_area_steps[i] if ramp.max_area_steps else hi
+        return prob, lo, hi
+
+    def validate(self, key: str, epochs: int) -> None:
+        _check(self.name in REGULARIZERS, f"{key}.name",
+               f"must be one of {', '.join(REGULARIZERS)}, got '{self.name}'")
+        _check(self.cutmix_alpha > 0, f"{key}.cutmix_alpha",
+               f"must be > 0, got {self.cutmix_alpha}")
+        _check(self.mixup_alpha > 0, f"{key}.mixup_alpha", f"must be > 0, got {self.mixup_alpha}")
+        _check(0 < self.min_aspect <= self.max_aspect, f"{key}.min_aspect",
+               "need 0 < min_aspect <= max_aspect")
+        _check(self.erase_fill in ("random", "zero"), f"{key}.erase_fill",
+               f"must be random or zero, got '{self.erase_fill}'")
+        _check_prob(self.switch_prob, f"{key}.switch_prob")
+        _check(0 <= self.label_smoothing < 1, f"{key}.label_smoothing", "must be in [0, 1)")
+        ramp = self.ramp
+        _check(ramp.kind in RAMPS, f"{key}.ramp.kind",
+               f"must be one of {', '.join(RAMPS)}, got '{ramp.kind}'")
+        if ramp.kind == "step":
+            _check(len(ramp.prob_steps) == len(ramp.at), f"{key}.ramp.prob_steps",
+                   "needs one value per entry of ramp.at")
+            for name in ("min_area_steps", "max_area_steps"):
+                values = getattr(ramp, name)
+                _check(not values or len(values) == len(ramp.at), f"{key}.ramp.{name}",
+                       "must be empty or have one value per entry of ramp.at")
+            _check(list(ramp.at) == sorted(ramp.at) and all(a >= 1 for a in ramp.at),
+                   f"{key}.ramp.at", "must be increasing 1-based epochs")
+        # Every epoch's effective values must be valid, not just the start values.
+        for epoch in range(epochs):
+            prob, lo, hi = self.values_at(epoch, epochs)
+            where = "" if ramp.kind == "constant" else f" (at stage epoch {epoch + 1})"
+            _check(0.0 <= prob <= 1.0, f"{key}.prob",
+                   f"must be a probability in [0, 1], got {prob:g}{where}")
+            _check(0.0 <= lo <= 1.0, f"{key}.min_area", f"must be in [0, 1], got {lo:g}{where}")
+            _check(0.0 <= hi <= 1.0, f"{key}.max_area", f"must be in [0, 1], got {hi:g}{where}")
+            _check(lo <= hi, f"{key}.min_area",
+                   f"must not exceed max_area ({lo:g} > {hi:g}){where}")
+
+
+STAGE_END_TRIGGERS = ("epochs", "plateau", "gap")
 
 
 @dataclass
 class StageConfig:
-    name: str = MISSING
-    epochs: int = 1  # the cap on this stage's epochs
-    # >0: end the stage early once validation accuracy has not improved by min_delta
-    # for `patience` epochs. 0: always run `epochs` epochs.
+    """One stage; its name is its key under schedule.stages."""
+
+    epochs: int = 1  # fixed length, or the cap when a trigger below may end the stage earlier
+    # plateau: end once validation accuracy has not improved by min_delta for `patience` epochs
+    # (0 disables).
     patience: int = 0
     min_delta: float = 0.0
+    # gap: end once clean-train accuracy minus validation accuracy exceeds this (null disables).
+    max_gap: float | None = None
     # How much of the backbone trains: 0 = head only, N = the top N blocks, -1 = everything.
     unfreeze_blocks: int = 0
     lr_head: float = 1e-3
     lr_backbone: float = 1e-4
     warmup_epochs: float = 0.0
-    cutmix: CutMixConfig = field(default_factory=CutMixConfig)
+    regularizer: RegularizerConfig = field(default_factory=RegularizerConfig)
 
     def validate(self, key: str) -> None:
-        _check(bool(self.name), f"{key}.name", "must not be empty")
         _check(self.epochs >= 1, f"{key}.epochs", f"must be >= 1, got {self.epochs}")
         _check(self.patience >= 0, f"{key}.patience", f"must be >= 0, got {self.patience}")
         _check(self.min_delta >= 0, f"{key}.min_delta", f"must be >= 0, got {self.min_delta}")
+        _check(self.max_gap is None or self.max_gap > -1, f"{key}.max_gap",
+               "must be a fraction in (-1, 1] or null")
         _check(self.unfreeze_blocks >= -1, f"{key}.unfreeze_blocks",
                f"must be -1 (all), 0 (head only) or a block count, got {self.unfreeze_blocks}")
         _check(self.lr_head >= 0, f"{key}.lr_head", f"must be >= 0, got {self.lr_head}")
@@ -113,21 +203,19 @@ class StageConfig:
                f"must be >= 0, got {self.lr_backbone}")
         _check(0 <= self.warmup_epochs <= self.epochs, f"{key}.warmup_epochs",
                f"must be in [0, epochs], got {self.warmup_epochs}")
-        self.cutmix.validate(f"{key}.cutmix")
+        self.regularizer.validate(f"{key}.regularizer", self.epochs)
 
 
 @dataclass
 class ScheduleConfig:
     name: str = "staged"
-    stages: list[StageConfig] = field(default_factory=list)
+    # Stages run in the order they are written; keys are stage names.
+    stages: dict[str, StageConfig] = field(default_factory=dict)
 
     def validate(self) -> None:
         _check(len(self.stages) > 0, "schedule.stages", "the stage list is empty")
-        names = [s.name for s in self.stages]
-        _check(len(set(names)) == len(names), "schedule.stages",
-               f"stage names must be unique, got {names}")
-        for i, stage in enumerate(self.stages):
-            stage.validate(f"schedule.stages.{i}")
+        for name, stage in self.stages.items():
+            stage.validate(f"schedule.stages.{name}")
 
 
 @dataclass
@@ -158,6 +246,7 @@ class TrainerConfig:
     progress: bool = True
     channels_last: bool = True
     num_threads: int = 0  # 0 leaves torch's default
+    keep_freed_memory: bool = True  # glibc keeps freed buffers: fewer page faults on CPU
     # Fixed subset of the training split evaluated clean (eval mode, no augmentation) each epoch.
     clean_train_size: int = 2000
 

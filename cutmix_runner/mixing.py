@@ -1,37 +1,48 @@
-"""CutMix with bounded patch area, and the soft-target loss it trains with.
+"""Batch regularizers (CutMix, MixUp, Random Erasing, CutMix-or-MixUp) and the soft-target loss.
 
 Why not timm's ``Mixup``: it asserts an even batch size (it mixes a batch with its flip), it adds
 0.1 label smoothing unless told otherwise, and it has no bounds on the patch area, which is what
-makes a "mild" stage mild. This module is one small class with explicit parameters instead.
+makes a "mild" stage mild. Here each regularizer is one small class with explicit parameters and
+its own seeded generator; all run in the main process on whole batches.
 
-Sampling, per batch (as in the CutMix paper and timm's batch mode):
-  with probability ``prob`` the batch is mixed, otherwise returned as is with one-hot targets;
-  a patch area fraction ``a = min_area + (max_area - min_area) * Beta(alpha, alpha)`` is drawn
-  (with the default bounds [0, 1] this is standard CutMix's ``1 - lambda``);
-  a box of side ``sqrt(a)`` times the image side is centred uniformly at random and clipped to the
-  image; each image receives that box from a random partner in the batch;
-  lambda is recomputed from the clipped box, so the label weights equal the true pasted area.
+Every regularizer maps (images, labels) to a ``MixResult`` with soft targets whose rows sum to 1.
+``prob``, ``min_area`` and ``max_area`` are plain attributes so that a stage's ramp can change
+them between epochs.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cutmix_runner.config import RegularizerConfig
+
 
 @dataclass
 class MixResult:
     images: torch.Tensor
     targets: torch.Tensor  # soft targets, rows sum to 1
-    lam: float  # weight of each image's own label (1.0 when not mixed)
-    mixed: bool
+    lam: float  # mean weight of each image's own label (1.0 when nothing was mixed)
+    mixed_fraction: float  # fraction of images that were changed
+
+    @property
+    def mixed(self) -> bool:
+        return self.mixed_fraction > 0
 
 
 def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     return F.one_hot(labels, num_classes).float()
+
+
+def smooth(targets: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    """Explicit label smoothing (default 0 everywhere: nothing is smoothed silently)."""
+    if label_smoothing == 0:
+        return targets
+    return targets * (1 - label_smoothing) + label_smoothing / targets.shape[-1]
 
 
 def soft_target_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -42,8 +53,15 @@ def soft_target_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> to
     return torch.sum(-targets * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
 
 
+def beta_sample(alpha: float, g: torch.Generator, size: int | None = None) -> np.ndarray | float:
+    """Beta(alpha, alpha) from a seeded torch generator (torch.distributions takes none)."""
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=g))
+    draw = np.random.default_rng(seed).beta(alpha, alpha, size=size)
+    return draw if size is not None else float(draw)
+
+
 def box_for_area(height: int, width: int, area: float, g: torch.Generator) -> tuple[int, ...]:
-    """A box of about `area` (fraction of the image) at a uniform centre, clipped to the image.
+    """A square-ratio box of about `area` (fraction of the image) at a uniform centre, clipped.
 
     Returns (top, bottom, left, right), half-open.
     """
@@ -56,26 +74,21 @@ def box_for_area(height: int, width: int, area: float, g: torch.Generator) -> tu
     return top, bottom, left, right
 
 
-class CutMix:
-    """Batch-level CutMix.
+def _check_common(prob: float, alpha: float, min_area: float, max_area: float) -> None:
+    if not 0.0 <= prob <= 1.0:
+        raise ValueError(f"prob must be in [0, 1], got {prob}")
+    if alpha <= 0:
+        raise ValueError(f"alpha must be > 0, got {alpha}")
+    if not 0.0 <= min_area <= max_area <= 1.0:
+        raise ValueError(f"need 0 <= min_area <= max_area <= 1, got {min_area}, {max_area}")
 
-    Args:
-        num_classes: number of classes for the one-hot targets.
-        prob: chance that a batch is mixed (default 1.0).
-        alpha: Beta(alpha, alpha) shape of the patch area within its bounds (default 1.0: uniform).
-        min_area, max_area: bounds on the patch area as a fraction of the image (default 0, 1).
-        seed: seeds this mixer's own generator, so mixing is reproducible and independent of the
-            data order.
-    """
+
+class Regularizer:
+    """Base: holds the shared knobs and the generator; subclasses implement ``apply``."""
 
     def __init__(self, num_classes: int, prob: float = 1.0, alpha: float = 1.0,
                  min_area: float = 0.0, max_area: float = 1.0, seed: int = 0) -> None:
-        if not 0.0 <= prob <= 1.0:
-            raise ValueError(f"prob must be in [0, 1], got {prob}")
-        if alpha <= 0:
-            raise ValueError(f"alpha must be > 0, got {alpha}")
-        if not 0.0 <= min_area <= max_area <= 1.0:
-            raise ValueError(f"need 0 <= min_area <= max_area <= 1, got {min_area}, {max_area}")
+        _check_common(prob, alpha, min_area, max_area)
         self.num_classes = num_classes
         self.prob = prob
         self.alpha = alpha
@@ -83,30 +96,168 @@ class CutMix:
         self.max_area = max_area
         self.generator = torch.Generator().manual_seed(seed)
 
-    def sample_area(self) -> float:
-        u = _beta_sample(self.alpha, self.generator)
-        return self.min_area + (self.max_area - self.min_area) * u
+    def _coin(self) -> bool:
+        return self.prob > 0 and float(torch.rand(1, generator=self.generator)) < self.prob
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> MixResult:
         targets = one_hot(labels, self.num_classes).to(images.device)
-        if self.prob <= 0 or float(torch.rand(1, generator=self.generator)) >= self.prob:
-            return MixResult(images, targets, 1.0, False)
+        return self.apply(images, targets)
+
+    def apply(self, images: torch.Tensor, targets: torch.Tensor) -> MixResult:
+        return MixResult(images, targets, 1.0, 0.0)
+
+
+class CutMix(Regularizer):
+    """Batch-level CutMix.
+
+    With probability ``prob`` the batch is mixed. A patch area fraction
+    ``min_area + (max_area - min_area) * Beta(alpha, alpha)`` is drawn (with the default bounds
+    [0, 1] this is standard CutMix's ``1 - lambda``); a box of side ``sqrt(area)`` times the image
+    side is centred uniformly and clipped to the image; each image receives that box from a random
+    partner in the batch. Lambda is recomputed from the clipped box, so the label weights equal the
+    true pasted area. Works for any batch size (a batch of 1 is its own partner).
+    """
+
+    def sample_area(self) -> float:
+        u = beta_sample(self.alpha, self.generator)
+        return self.min_area + (self.max_area - self.min_area) * u
+
+    def apply(self, images: torch.Tensor, targets: torch.Tensor) -> MixResult:
+        if not self._coin():
+            return MixResult(images, targets, 1.0, 0.0)
         n, _, h, w = images.shape
         top, bottom, left, right = box_for_area(h, w, self.sample_area(), self.generator)
         partner = torch.randperm(n, generator=self.generator).to(images.device)
         mixed = images.clone()
         mixed[:, :, top:bottom, left:right] = images[partner, :, top:bottom, left:right]
         lam = 1.0 - (bottom - top) * (right - left) / (h * w)
-        targets = lam * targets + (1.0 - lam) * targets[partner]
-        return MixResult(mixed, targets, lam, True)
+        return MixResult(mixed, lam * targets + (1.0 - lam) * targets[partner], lam, 1.0)
 
 
-def _beta_sample(alpha: float, g: torch.Generator) -> float:
-    """Beta(alpha, alpha) drawn from a seeded generator.
+class MixUp(Regularizer):
+    """MixUp: a global pixel blend ``lam * x + (1 - lam) * x[partner]`` with the same label blend.
 
-    torch.distributions takes no generator, so numpy draws it, seeded from ours.
+    With probability ``prob`` the batch is mixed; lambda ~ Beta(alpha, alpha), one per batch or,
+    with ``per_sample=True``, one per image. Area bounds do not apply.
     """
-    if alpha == 1.0:
-        return float(torch.rand(1, generator=g))
-    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=g))
-    return float(np.random.default_rng(seed).beta(alpha, alpha))
+
+    def __init__(self, num_classes: int, prob: float = 1.0, alpha: float = 0.2,
+                 per_sample: bool = False, seed: int = 0) -> None:
+        super().__init__(num_classes, prob, alpha, seed=seed)
+        self.per_sample = per_sample
+
+    def apply(self, images: torch.Tensor, targets: torch.Tensor) -> MixResult:
+        if not self._coin():
+            return MixResult(images, targets, 1.0, 0.0)
+        n = images.shape[0]
+        if self.per_sample:
+            lam = torch.from_numpy(beta_sample(self.alpha, self.generator, n)).float()
+        else:
+            lam = torch.full((n,), float(beta_sample(self.alpha, self.generator)))
+        lam = lam.to(images.device)
+        partner = torch.randperm(n, generator=self.generator).to(images.device)
+        mixed = lam.view(n, 1, 1, 1) * images + (1 - lam.view(n, 1, 1, 1)) * images[partner]
+        mixed_targets = lam[:, None] * targets + (1 - lam[:, None]) * targets[partner]
+        return MixResult(mixed.to(images.dtype), mixed_targets, float(lam.mean()), 1.0)
+
+
+class RandomErasing(Regularizer):
+    """Random Erasing: each image, with probability ``prob``, has one box removed.
+
+    The box covers U(min_area, max_area) of the image with a log-uniform aspect ratio in
+    [min_aspect, max_aspect] and is filled with noise (``fill="random"``, per pixel, as timm's
+    "pixel" mode) or with zeros, the data mean after normalisation (``fill="zero"``). Nothing is
+    pasted in, so labels stay one-hot: erasing removes information instead of replacing it.
+    """
+
+    def __init__(self, num_classes: int, prob: float = 0.5, min_area: float = 0.02,
+                 max_area: float = 0.33, min_aspect: float = 0.3, max_aspect: float = 3.3,
+                 fill: str = "random", seed: int = 0) -> None:
+        super().__init__(num_classes, prob, 1.0, min_area, max_area, seed)
+        if not 0 < min_aspect <= max_aspect:
+            raise ValueError(f"need 0 < min_aspect <= max_aspect, got {min_aspect}, {max_aspect}")
+        if fill not in ("random", "zero"):
+            raise ValueError(f"fill must be 'random' or 'zero', got '{fill}'")
+        self.min_aspect = min_aspect
+        self.max_aspect = max_aspect
+        self.fill = fill
+
+    def boxes(self, n: int, h: int, w: int) -> torch.Tensor:
+        """(n, H, W) bool mask of the erased pixels; all-False rows for images left alone."""
+        g = self.generator
+        erase = torch.rand(n, generator=g) < self.prob
+        span = self.max_area - self.min_area
+        area = (self.min_area + span * torch.rand(n, generator=g)) * h * w
+        log_lo, log_hi = math.log(self.min_aspect), math.log(self.max_aspect)
+        aspect = torch.exp(log_lo + (log_hi - log_lo) * torch.rand(n, generator=g))
+        bh = torch.sqrt(area * aspect).round().clamp(1, h).long()
+        bw = torch.sqrt(area / aspect).round().clamp(1, w).long()
+        top = (torch.rand(n, generator=g) * (h - bh + 1)).long()
+        left = (torch.rand(n, generator=g) * (w - bw + 1)).long()
+        rows = torch.arange(h)[None, :, None]
+        cols = torch.arange(w)[None, None, :]
+        inside = ((rows >= top[:, None, None]) & (rows < (top + bh)[:, None, None])
+                  & (cols >= left[:, None, None]) & (cols < (left + bw)[:, None, None]))
+        return inside & erase[:, None, None]
+
+    def apply(self, images: torch.Tensor, targets: torch.Tensor) -> MixResult:
+        if self.prob <= 0:
+            return MixResult(images, targets, 1.0, 0.0)
+        n, _, h, w = images.shape
+        mask = self.boxes(n, h, w).to(images.device)[:, None]
+        if self.fill == "random":
+            noise = torch.randn(images.shape, generator=self.generator).to(images)
+        else:
+            noise = torch.zeros_like(images)
+        erased = torch.where(mask, noise, images)
+        fraction = float(mask.flatten(1).any(1).float().mean())
+        return MixResult(erased, targets, 1.0, fraction)
+
+
+class CutMixOrMixUp(Regularizer):
+    """With probability ``prob`` a batch is mixed: by CutMix with ``switch_prob``, else MixUp."""
+
+    def __init__(self, cutmix: CutMix, mixup: MixUp, prob: float = 1.0, switch_prob: float = 0.5,
+                 seed: int = 0) -> None:
+        super().__init__(cutmix.num_classes, prob, seed=seed)
+        if not 0.0 <= switch_prob <= 1.0:
+            raise ValueError(f"switch_prob must be in [0, 1], got {switch_prob}")
+        # The branches always mix once chosen; this object's `prob` decides whether to mix.
+        cutmix.prob = mixup.prob = 1.0
+        self.cutmix, self.mixup, self.switch_prob = cutmix, mixup, switch_prob
+        self.min_area, self.max_area = cutmix.min_area, cutmix.max_area
+        self.cutmix_batches = 0
+
+    def apply(self, images: torch.Tensor, targets: torch.Tensor) -> MixResult:
+        if not self._coin():
+            return MixResult(images, targets, 1.0, 0.0)
+        self.cutmix.min_area, self.cutmix.max_area = self.min_area, self.max_area
+        if float(torch.rand(1, generator=self.generator)) < self.switch_prob:
+            self.cutmix_batches += 1
+            return self.cutmix.apply(images, targets)
+        return self.mixup.apply(images, targets)
+
+
+def build_regularizer(cfg: RegularizerConfig, num_classes: int, seed: int) -> Regularizer:
+    """The regularizer a stage asks for, at its first epoch's values."""
+    prob, lo, hi = cfg.values_at(0, 1)
+    if cfg.name == "none":
+        return Regularizer(num_classes, prob=0.0, seed=seed)
+    if cfg.name == "cutmix":
+        return CutMix(num_classes, prob, cfg.cutmix_alpha, lo, hi, seed=seed)
+    if cfg.name == "mixup":
+        return MixUp(num_classes, prob, cfg.mixup_alpha, cfg.mixup_per_sample, seed=seed)
+    if cfg.name == "random_erasing":
+        return RandomErasing(num_classes, prob, lo, hi, cfg.min_aspect, cfg.max_aspect,
+                             cfg.erase_fill, seed=seed)
+    if cfg.name == "cutmix_or_mixup":
+        cutmix = CutMix(num_classes, 1.0, cfg.cutmix_alpha, lo, hi, seed=seed + 1)
+        mixup = MixUp(num_classes, 1.0, cfg.mixup_alpha, cfg.mixup_per_sample, seed=seed + 2)
+        return CutMixOrMixUp(cutmix, mixup, prob, cfg.switch_prob, seed=seed)
+    raise ValueError(f"unknown regularizer '{cfg.name}'")
+
+
+def set_epoch_values(regularizer: Regularizer, cfg: RegularizerConfig, epoch: int,
+                     epochs: int) -> None:
+    """Apply the stage's ramp for 0-based `epoch`; the state lives in the main process."""
+    regularizer.prob, regularizer.min_area, regularizer.max_area = cfg.values_at(epoch, epochs)

@@ -60,3 +60,8 @@ class Plateau:
         else:
             self.bad_epochs += 1
         return self.patience > 0 and self.bad_epochs >= self.patience
+
+
+def gap_exceeded(gap: float, max_gap: float | None) -> bool:
+    """The overfitting trigger: clean-train minus validation accuracy above `max_gap`."""
+    return max_gap is not None and gap > max_gap

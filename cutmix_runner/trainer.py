@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import platform
 import random
@@ -23,7 +24,13 @@ from cutmix_runner.checkpoint import atomic_write_json, load_checkpoint, save_ch
 from cutmix_runner.config import RunConfig, StageConfig
 from cutmix_runner.data import Preprocess, Splits, build_splits, stratified_split, train_batches
 from cutmix_runner.metrics import MetricsLog, evaluate
-from cutmix_runner.mixing import CutMix, soft_target_cross_entropy
+from cutmix_runner.mixing import (
+    Regularizer,
+    build_regularizer,
+    set_epoch_values,
+    smooth,
+    soft_target_cross_entropy,
+)
 from cutmix_runner.model import (
     apply_freeze,
     build_model,
@@ -31,7 +38,7 @@ from cutmix_runner.model import (
     plan_freeze,
     set_train_mode,
 )
-from cutmix_runner.stages import Plateau, build_optimizer, build_scheduler
+from cutmix_runner.stages import Plateau, build_optimizer, build_scheduler, gap_exceeded
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +55,26 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep freed memory instead of returning it to the OS.
+
+    Each training step frees and re-allocates the same large activation buffers; by default glibc
+    unmaps them and the next step page-faults them back in, which costs CPU runs a large share of
+    their time (see docs/benchmarks.md). Returns False where this is not glibc.
+    """
+    if sys.platform != "linux":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+        ok = libc.mallopt(m_mmap_threshold, 32 * 2**20)  # glibc's maximum
+        ok &= libc.mallopt(m_trim_threshold, 2**31 - 1)
+        ok &= libc.mallopt(m_top_pad, 256 * 2**20)
+        return bool(ok)
+    except (OSError, AttributeError):
+        return False
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -62,6 +89,7 @@ def versions() -> dict[str, str]:
 
 class Trainer:
     def __init__(self, cfg: RunConfig, out_dir: Path) -> None:
+        self.started = time.perf_counter()  # total_seconds includes data loading and model set-up
         self.cfg = cfg
         self.out_dir = out_dir
         self.ckpt_dir = out_dir / "checkpoints"
@@ -69,6 +97,8 @@ class Trainer:
         tcfg = cfg.trainer
         if tcfg.num_threads:
             torch.set_num_threads(tcfg.num_threads)
+        if tcfg.keep_freed_memory:
+            keep_freed_memory()
         seed_everything(tcfg.seed)
         self.device = resolve_device(tcfg.device)
         use_bf16 = tcfg.precision == "bf16" or (tcfg.precision == "auto"
@@ -84,11 +114,11 @@ class Trainer:
             raise RunError("data.val_size=0: a validation split is needed for model selection")
         self.model = build_model(cfg.model, self.data.num_classes)
         # Check every stage's freeze depth before any training time is spent.
-        for i, stage in enumerate(cfg.schedule.stages):
+        for name, stage in cfg.schedule.stages.items():
             try:
                 plan_freeze(self.model, stage.unfreeze_blocks)
             except Exception as exc:
-                raise RunError(f"schedule.stages.{i}.unfreeze_blocks: {exc}") from exc
+                raise RunError(f"schedule.stages.{name}.unfreeze_blocks: {exc}") from exc
         mean, std, native_size = normalization(self.model)
         self.image_size = cfg.model.image_size or native_size
         memory_format = torch.channels_last if tcfg.channels_last else torch.contiguous_format
@@ -109,7 +139,7 @@ class Trainer:
 
     # ------------------------------------------------------------ one stage
 
-    def run_stage(self, index: int, stage: StageConfig) -> dict[str, Any]:
+    def run_stage(self, index: int, name: str, stage: StageConfig) -> dict[str, Any]:
         cfg = self.cfg
         plan = plan_freeze(self.model, stage.unfreeze_blocks)
         apply_freeze(self.model, plan)
@@ -117,27 +147,37 @@ class Trainer:
         n_train = len(self.data.train_x)
         steps_per_epoch = -(-n_train // cfg.trainer.batch_size)
         scheduler = build_scheduler(optimizer, stage, steps_per_epoch, cfg.optim.min_lr_ratio)
-        mixer = CutMix(self.data.num_classes, prob=stage.cutmix.prob, alpha=stage.cutmix.alpha,
-                       min_area=stage.cutmix.min_area, max_area=stage.cutmix.max_area,
-                       seed=cfg.trainer.seed * 1000 + index)
+        regularizer = build_regularizer(stage.regularizer, self.data.num_classes,
+                                        seed=cfg.trainer.seed * 1000 + index)
         plateau = Plateau(stage.patience, stage.min_delta)
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        log.info("stage %d '%s': %d trainable parameters, cutmix prob %.2f, up to %d epochs",
-                 index, stage.name, trainable, stage.cutmix.prob, stage.epochs)
+        log.info("stage %d '%s': %d trainable parameters, regularizer %s, up to %d epochs",
+                 index, name, trainable, stage.regularizer.name, stage.epochs)
         start = time.perf_counter()
-        ended_by, epochs_done = "max_epochs", 0
+        ended_by = "epochs"
         for epoch in range(stage.epochs):
-            record = self.train_epoch(index, stage, epoch, plan, optimizer, scheduler, mixer)
-            epochs_done += 1
-            if plateau.update(record["val_accuracy"]) and epoch + 1 < stage.epochs:
+            set_epoch_values(regularizer, stage.regularizer, epoch, stage.epochs)
+            record = self.train_epoch(index, name, stage, epoch, plan, optimizer, scheduler,
+                                      regularizer)
+            last = epoch + 1 == stage.epochs
+            if plateau.update(record["val_accuracy"]) and not last:
                 ended_by = "plateau"
+            elif gap_exceeded(record["generalization_gap"], stage.max_gap) and not last:
+                ended_by = "gap"
+            if ended_by != "epochs" or last:
+                record["stage_end"] = ended_by
+            self.metrics.append(record)
+            self._checkpoint(index, name, epoch, optimizer, scheduler, record["val_accuracy"])
+            if "stage_end" in record:
                 break
-        return {"name": stage.name, "epochs": epochs_done, "ended_by": ended_by,
+        log.info("stage '%s' ended by %s after %d epochs", name, ended_by, epoch + 1)
+        return {"name": name, "epochs": epoch + 1, "ended_by": ended_by,
                 "seconds": round(time.perf_counter() - start, 2)}
 
-    def train_epoch(self, index: int, stage: StageConfig, epoch: int, plan: Any,
+    def train_epoch(self, index: int, name: str, stage: StageConfig, epoch: int, plan: Any,
                     optimizer: torch.optim.Optimizer, scheduler: Any,
-                    mixer: CutMix) -> dict[str, Any]:
+                    regularizer: Regularizer) -> dict[str, Any]:
+        """Train one epoch and evaluate; returns the epoch's metrics record."""
         cfg = self.cfg
         set_train_mode(self.model, plan)
         lr_start = {g["name"]: g["lr"] for g in optimizer.param_groups}
@@ -145,16 +185,17 @@ class Trainer:
                                 self.data_generator, cfg.data.pad, cfg.data.hflip)
         total = -(-len(self.data.train_x) // cfg.trainer.batch_size)
         bar = tqdm(batches, total=total, leave=False, disable=not self.progress,
-                   desc=f"{stage.name} {epoch + 1}/{stage.epochs}")
-        loss_sum, seen, mixed_batches, lam_sum = 0.0, 0, 0, 0.0
+                   desc=f"{name} {epoch + 1}/{stage.epochs}")
+        smoothing = stage.regularizer.label_smoothing
+        loss_sum, seen, mixed_images, lam_sum = 0.0, 0, 0.0, 0.0
         start = time.perf_counter()
         for step, (xb, yb) in enumerate(bar):
-            mix = mixer(self.preprocess(xb), yb)
+            mix = regularizer(self.preprocess(xb), yb)
             with self.autocast():
                 logits = self.model(mix.images)
-            loss = soft_target_cross_entropy(logits, mix.targets)
+            loss = soft_target_cross_entropy(logits, smooth(mix.targets, smoothing))
             if not torch.isfinite(loss):
-                raise RunError(f"non-finite loss in stage '{stage.name}', epoch {epoch + 1}, "
+                raise RunError(f"non-finite loss in stage '{name}', epoch {epoch + 1}, "
                                f"step {step}; lower the learning rates")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -164,50 +205,48 @@ class Trainer:
             scheduler.step()
             loss_sum += loss.item() * len(yb)
             seen += len(yb)
-            mixed_batches += int(mix.mixed)
-            lam_sum += mix.lam
+            mixed_images += mix.mixed_fraction * len(yb)
+            lam_sum += mix.lam * len(yb)
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}")
         train_seconds = time.perf_counter() - start
-        steps = step + 1
         lr_end = {g["name"]: g["lr"] for g in optimizer.param_groups}
 
         val = self._evaluate(self.data.val_x, self.data.val_y)
         clean = self._evaluate(self.clean_x, self.clean_y)
         self.global_epoch += 1
         record = {
-            "stage": stage.name, "stage_index": index, "epoch": epoch + 1,
+            "stage": name, "stage_index": index, "epoch": epoch + 1,
             "global_epoch": self.global_epoch, "lr_start": lr_start, "lr_end": lr_end,
             "train_loss": loss_sum / seen,
             "clean_train_accuracy": clean.accuracy, "clean_train_loss": clean.loss,
             "val_accuracy": val.accuracy, "val_loss": val.loss,
             "generalization_gap": clean.accuracy - val.accuracy,
-            "cutmix_prob": stage.cutmix.prob, "mixed_batch_fraction": mixed_batches / steps,
-            "mean_lambda": lam_sum / steps,
+            "regularizer": stage.regularizer.name, "reg_prob": regularizer.prob,
+            "reg_min_area": regularizer.min_area, "reg_max_area": regularizer.max_area,
+            "mixed_fraction": mixed_images / seen, "mean_lambda": lam_sum / seen,
             "images_per_second": seen / train_seconds,
             "seconds": time.perf_counter() - start,
         }
-        self.metrics.append(record)
         log.info("%s epoch %d: train loss %.4f, clean-train acc %.4f, val acc %.4f, "
-                 "%.0f img/s", stage.name, epoch + 1, record["train_loss"],
+                 "%.0f img/s", name, epoch + 1, record["train_loss"],
                  clean.accuracy, val.accuracy, record["images_per_second"])
-        self._checkpoint(index, stage, epoch, optimizer, scheduler, val.accuracy)
         return record
 
     def _evaluate(self, x: torch.Tensor, y: torch.Tensor) -> Any:
         return evaluate(self.model, x, y, self.preprocess, self.cfg.trainer.eval_batch_size,
                         self.autocast)
 
-    def _checkpoint(self, index: int, stage: StageConfig, epoch: int,
+    def _checkpoint(self, index: int, name: str, epoch: int,
                     optimizer: torch.optim.Optimizer, scheduler: Any, val_accuracy: float) -> None:
         state = {
             "model": self.model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "stage_index": index, "stage": stage.name,
+            "scheduler": scheduler.state_dict(), "stage_index": index, "stage": name,
             "epoch": epoch + 1, "global_epoch": self.global_epoch,
             "val_accuracy": val_accuracy, "config": asdict(self.cfg),
         }
         if val_accuracy > self.best["val_accuracy"]:
-            self.best = {"val_accuracy": val_accuracy, "stage": stage.name,
+            self.best = {"val_accuracy": val_accuracy, "stage": name,
                          "stage_index": index, "epoch": epoch + 1,
                          "global_epoch": self.global_epoch}
             save_checkpoint(self.ckpt_dir / "best.pt", state)
@@ -221,11 +260,10 @@ class Trainer:
         log.info("device %s (%s), image size %d, %d train / %d val / %d test images",
                  self.device, self.precision, self.image_size, len(self.data.train_x),
                  len(self.data.val_x), len(self.data.test_x))
-        start = time.perf_counter()
         stages = []
-        all_stages = list(enumerate(self.cfg.schedule.stages))
-        for index, stage in tqdm(all_stages, desc="stages", disable=not self.progress):
-            stages.append(self.run_stage(index, stage))
+        all_stages = list(enumerate(self.cfg.schedule.stages.items()))
+        for index, (name, stage) in tqdm(all_stages, desc="stages", disable=not self.progress):
+            stages.append(self.run_stage(index, name, stage))
         final_test = self._evaluate(self.data.test_x, self.data.test_y)
         best_test = final_test
         if self.best["global_epoch"] != self.global_epoch:
@@ -239,7 +277,7 @@ class Trainer:
             "test_size": len(self.data.test_x), "image_size": self.image_size,
             "device": str(self.device), "device_name": self._device_name(),
             "precision": self.precision, "threads": torch.get_num_threads(),
-            "total_seconds": round(time.perf_counter() - start, 2), "versions": versions(),
+            "total_seconds": round(time.perf_counter() - self.started, 2), "versions": versions(),
         }
         atomic_write_json(self.out_dir / "summary.json", summary)
         log.info("test accuracy %.4f (best-val checkpoint, %s epoch %d), final weights %.4f",

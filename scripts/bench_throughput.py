@@ -39,7 +39,7 @@ def bench_train(channels_last: bool, unfreeze_blocks: int, batch: int, size: int
     model = model.to(memory_format=fmt)
     plan = plan_freeze(model, unfreeze_blocks)
     apply_freeze(model, plan)
-    stage = StageConfig(name="bench", unfreeze_blocks=unfreeze_blocks)
+    stage = StageConfig(unfreeze_blocks=unfreeze_blocks)
     optimizer = build_optimizer(model, plan, stage, OptimConfig())
     pre = Preprocess(size, (0.5,) * 3, (0.5,) * 3, channels_last)
     mixer = CutMix(10, prob=1.0)

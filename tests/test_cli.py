@@ -39,12 +39,17 @@ def test_end_to_end_writes_every_artifact(smoke_run: Path) -> None:
         assert 0.0 <= r["val_accuracy"] <= 1.0
         assert set(r["lr_end"]) >= {"head/decay"}
     # Stage-1 has no CutMix; later stages do.
-    assert all(r["mixed_batch_fraction"] == 0 for r in records if r["stage"] == "head")
-    assert any(r["mixed_batch_fraction"] > 0 for r in records if r["stage"] == "late")
+    assert all(r["mixed_fraction"] == 0 for r in records if r["stage"] == "head")
+    assert any(r["mixed_fraction"] > 0 for r in records if r["stage"] == "late")
+    assert all(r["regularizer"] == "cutmix" for r in records if r["stage"] != "head")
+    # Each stage's last record says what ended it.
+    ends = [r.get("stage_end") for r in records]
+    assert ends[-1] == "epochs" and sum(e is not None for e in ends) == 3
     summary = json.loads((out / "summary.json").read_text())
     for key in ("test_accuracy", "test_loss", "best", "stages", "device", "versions"):
         assert key in summary
     assert [s["name"] for s in summary["stages"]] == ["head", "adapt", "late"]
+    assert all(s["ended_by"] in ("epochs", "plateau", "gap") for s in summary["stages"])
     assert summary["best"]["val_accuracy"] == max(r["val_accuracy"] for r in records)
     best = torch.load(out / "checkpoints" / "best.pt", weights_only=False)
     last = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
@@ -55,15 +60,15 @@ def test_end_to_end_writes_every_artifact(smoke_run: Path) -> None:
 
 def test_multirun_sweep_gives_each_run_its_own_directory(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    result = run_cli("-m", *SMOKE, "schedule.stages.1.cutmix.prob=0,0.3",
-                     "schedule.stages.0.epochs=1", f"hydra.sweep.dir={sweep}")
+    result = run_cli("-m", *SMOKE, "schedule.stages.adapt.regularizer.prob=0,0.3",
+                     "schedule.stages.head.epochs=1", f"hydra.sweep.dir={sweep}")
     assert result.returncode == 0, result.stderr[-2000:]
     runs = sorted(p.parent for p in sweep.glob("*/summary.json"))
     assert len(runs) == 2
     probs = []
     for run in runs:
         records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-        probs.append(next(r["cutmix_prob"] for r in records if r["stage"] == "adapt"))
+        probs.append(next(r["reg_prob"] for r in records if r["stage"] == "adapt"))
     assert sorted(probs) == [0.0, 0.3]
 
 
@@ -77,10 +82,11 @@ def _assert_one_line_error(result, pattern: str) -> None:
 
 @pytest.mark.parametrize("args, pattern", [
     (("trainer.bach_size=4",), "bach_size"),
-    (("schedule.stages.1.cutmix.prob=-0.5",), "schedule.stages.1.cutmix.prob"),
-    (("schedule.stages=[]",), "schedule.stages"),
+    (("schedule.stages.adapt.regularizer.prob=-0.5",), "schedule.stages.adapt.regularizer.prob"),
+    (("schedule.stages.adapt.regularizer.min_area=0.9",), "min_area"),
+    (("schedule.stages.adpt.epochs=3",), "adpt"),
     (("model.name=resnet_does_not_exist",), "unknown timm model 'resnet_does_not_exist'"),
-    (("schedule.stages.2.unfreeze_blocks=40",), "unfreeze_blocks"),
+    (("schedule.stages.late.unfreeze_blocks=40",), "unfreeze_blocks"),
     (("trainer.batch_size=100000",), "larger than the training set"),
 ])
 def test_bad_input_gets_one_line(args: tuple[str, ...], pattern: str, smoke_run: Path,
@@ -89,6 +95,14 @@ def test_bad_input_gets_one_line(args: tuple[str, ...], pattern: str, smoke_run:
     result = run_cli(*SMOKE, f"hydra.run.dir={tmp_path / 'run'}", *args)
     _assert_one_line_error(result, pattern)
     assert _tree_bytes(smoke_run) == before
+
+
+def test_empty_stage_list(tmp_path: Path) -> None:
+    (tmp_path / "conf" / "schedule").mkdir(parents=True)
+    (tmp_path / "conf" / "schedule" / "empty.yaml").write_text("name: empty\nstages: {}\n")
+    result = run_cli("--config-dir", str(tmp_path / "conf"), *SMOKE, "schedule=empty",
+                     f"hydra.run.dir={tmp_path / 'run'}")
+    _assert_one_line_error(result, "schedule.stages: the stage list is empty")
 
 
 def test_missing_data_folder_with_downloads_off(tmp_path: Path) -> None:

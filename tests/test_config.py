@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
@@ -16,19 +18,20 @@ def _compose(*overrides: str):
 
 def test_default_config_validates_into_three_stages() -> None:
     run = validate(_compose())
-    names = [s.name for s in run.schedule.stages]
-    assert names == ["head", "adapt", "late"]
-    head, adapt, late = run.schedule.stages
-    assert head.cutmix.prob == 0.0 and head.unfreeze_blocks <= 1 and head.patience > 0
-    assert 0 < adapt.cutmix.prob < late.cutmix.prob
-    assert adapt.cutmix.max_area <= 0.25
+    assert list(run.schedule.stages) == ["head", "adapt", "late"]
+    head, adapt, late = run.schedule.stages.values()
+    assert head.regularizer.name == "none" and head.unfreeze_blocks <= 1 and head.patience > 0
+    assert adapt.regularizer.name == late.regularizer.name == "cutmix"
+    assert 0 < adapt.regularizer.prob < late.regularizer.prob
+    assert adapt.regularizer.max_area <= 0.25
     assert adapt.lr_backbone < head.lr_head
+    assert all(s.regularizer.label_smoothing == 0 for s in run.schedule.stages.values())
     assert run.model.weights == "packaged" and run.model.image_size == 64
 
 
 def test_stage_override_path_used_by_sweeps() -> None:
-    run = validate(_compose("schedule.stages.1.cutmix.prob=0.3"))
-    assert run.schedule.stages[1].cutmix.prob == 0.3
+    run = validate(_compose("schedule.stages.adapt.regularizer.prob=0.3"))
+    assert run.schedule.stages["adapt"].regularizer.prob == 0.3
 
 
 def test_experiment_smoke_composes() -> None:
@@ -36,8 +39,10 @@ def test_experiment_smoke_composes() -> None:
     assert run.data.name == "synthetic" and run.model.name == "test_efficientnet"
 
 
-@pytest.mark.parametrize("override", ["trainer.bach_size=4", "schedule.stages.0.cutmix.probb=0.1",
-                                      "schedule.stages.0.unfreze_blocks=2"])
+@pytest.mark.parametrize("override", ["trainer.bach_size=4",
+                                      "schedule.stages.head.regularizer.probb=0.1",
+                                      "schedule.stages.head.unfreze_blocks=2",
+                                      "schedule.stages.adpt.epochs=2"])
 def test_unknown_keys_fail_at_composition(override: str) -> None:
     with pytest.raises((ConfigCompositionException, ConfigKeyError)):
         _compose(override)
@@ -48,21 +53,56 @@ def test_wrong_type_fails_at_composition() -> None:
         _compose("trainer.batch_size=many")
 
 
+A = "schedule.stages.adapt"
+
+
 @pytest.mark.parametrize("override, key", [
-    ("schedule.stages.1.cutmix.prob=-0.2", "schedule.stages.1.cutmix.prob"),
-    ("schedule.stages.1.cutmix.prob=1.5", "schedule.stages.1.cutmix.prob"),
-    ("schedule.stages.2.cutmix.alpha=0", "schedule.stages.2.cutmix.alpha"),
-    ("schedule.stages.1.cutmix.min_area=0.5", "schedule.stages.1.cutmix.min_area"),
-    ("schedule.stages.0.epochs=0", "schedule.stages.0.epochs"),
-    ("schedule.stages.0.unfreeze_blocks=-3", "schedule.stages.0.unfreeze_blocks"),
-    ("schedule.stages=[]", "schedule.stages"),
+    (f"{A}.regularizer.prob=-0.2", f"{A}.regularizer.prob"),
+    (f"{A}.regularizer.prob=1.5", f"{A}.regularizer.prob"),
+    (f"{A}.regularizer.cutmix_alpha=0", f"{A}.regularizer.cutmix_alpha"),
+    (f"{A}.regularizer.min_area=0.5", f"{A}.regularizer.min_area"),
+    (f"{A}.regularizer.name=cutmixx", f"{A}.regularizer.name"),
+    (f"{A}.regularizer.label_smoothing=1.0", f"{A}.regularizer.label_smoothing"),
+    (f"{A}.regularizer.ramp.kind=linear", None),
+    ("schedule.stages.head.epochs=0", "schedule.stages.head.epochs"),
+    ("schedule.stages.head.unfreeze_blocks=-3", "schedule.stages.head.unfreeze_blocks"),
     ("trainer.device=tpu", "trainer.device"),
     ("data.val_size=-1", "data.val_size"),
 ])
-def test_bad_values_rejected_naming_the_key(override: str, key: str) -> None:
+def test_bad_values_rejected_naming_the_key(override: str, key: str | None) -> None:
+    if key is None:  # a valid override: a linear ramp with no end values is constant
+        validate(_compose(override))
+        return
     with pytest.raises(ConfigError) as info:
         validate(_compose(override))
     assert str(info.value).startswith(key)
+
+
+def test_ramped_values_are_checked_at_every_epoch() -> None:
+    with pytest.raises(ConfigError, match=r"late.regularizer.prob.*at stage epoch 2"):
+        validate(_compose("schedule.stages.late.regularizer.ramp.kind=linear",
+                          "schedule.stages.late.regularizer.ramp.prob_end=1.4"))
+    with pytest.raises(ConfigError, match="prob_steps"):
+        validate(_compose("schedule.stages.late.regularizer.ramp.kind=step",
+                          "schedule.stages.late.regularizer.ramp.at=[2]"))
+
+
+PRESETS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_every_experiment_preset_composes_and_validates(name: str) -> None:
+    run = validate(_compose(f"experiment={name}"))
+    assert list(run.schedule.stages) == ["head", "adapt", "late"]
+
+
+def test_empty_stage_list_is_rejected() -> None:
+    from omegaconf import OmegaConf
+
+    raw = OmegaConf.to_container(_compose())
+    raw["schedule"]["stages"] = {}
+    with pytest.raises(ConfigError, match="schedule.stages: the stage list is empty"):
+        validate(raw)
 
 
 def test_misspelled_stage_field_in_a_schedule_file_is_rejected() -> None:
@@ -70,6 +110,6 @@ def test_misspelled_stage_field_in_a_schedule_file_is_rejected() -> None:
 
     cfg = _compose()
     raw = OmegaConf.to_container(cfg)
-    raw["schedule"]["stages"][0]["cutmix"]["probability"] = 0.5
+    raw["schedule"]["stages"]["head"]["regularizer"]["probability"] = 0.5
     with pytest.raises((ConfigKeyError, ValidationError)):
         validate(raw)

@@ -111,3 +111,109 @@ def test_mixed_targets_match_loss_from_cutmix() -> None:
 def test_bad_parameters_rejected(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         CutMix(num_classes=10, **kwargs)
+
+
+# ---------------------------------------------------------------- the regularizer family
+
+
+def test_mixup_targets_and_loss() -> None:
+    from cutmix_runner.mixing import MixUp
+
+    torch.manual_seed(0)
+    x = torch.randn(6, 3, 8, 8)
+    y = torch.tensor([0, 1, 2, 3, 4, 0])
+    mixup = MixUp(num_classes=5, prob=1.0, alpha=0.4, seed=2)
+    out = mixup(x, y)
+    assert out.mixed and 0 < out.lam < 1
+    assert out.targets.sum(-1).allclose(torch.ones(6))
+    # Recover the partner of each image from the pixels: x_mixed = lam*x + (1-lam)*x[j].
+    lam = out.lam
+    for i in range(6):
+        candidates = [j for j in range(6)
+                      if torch.allclose(out.images[i], lam * x[i] + (1 - lam) * x[j], atol=1e-5)]
+        assert candidates, i
+        j = candidates[0]
+        expected = lam * F.one_hot(y[i], 5).float() + (1 - lam) * F.one_hot(y[j], 5).float()
+        assert out.targets[i].allclose(expected, atol=1e-6)
+    logits = torch.randn(6, 5)
+    y2 = torch.tensor([next(j for j in range(6) if torch.allclose(
+        out.images[i], lam * x[i] + (1 - lam) * x[j], atol=1e-5)) for i in range(6)])
+    expected_loss = lam * F.cross_entropy(logits, y) + (1 - lam) * F.cross_entropy(logits, y[y2])
+    assert soft_target_cross_entropy(logits, out.targets).item() == pytest.approx(
+        expected_loss.item(), rel=1e-5)
+
+
+def test_mixup_per_sample_lambdas_differ() -> None:
+    from cutmix_runner.mixing import MixUp
+
+    x = _images(16, size=4)
+    out = MixUp(num_classes=16, prob=1.0, alpha=1.0, per_sample=True, seed=0)(x, torch.arange(16))
+    own = out.targets[torch.arange(16), torch.arange(16)]
+    assert out.targets.sum(-1).allclose(torch.ones(16))
+    assert own.unique().numel() > 4
+
+
+def test_random_erasing_changes_only_the_box_and_keeps_one_hot_labels() -> None:
+    from cutmix_runner.mixing import RandomErasing
+
+    x = torch.full((20, 3, 16, 16), 7.0)
+    y = torch.arange(20) % 10
+    erasing = RandomErasing(num_classes=10, prob=0.5, min_area=0.05, max_area=0.3, seed=4)
+    out = erasing(x, y)
+    assert torch.equal(out.targets, F.one_hot(y, 10).float())
+    changed = out.images != x
+    erased_images = 0
+    for i in range(20):
+        mask = changed[i].any(0)
+        if not mask.any():
+            continue
+        erased_images += 1
+        rows, cols = mask.nonzero(as_tuple=True)
+        # The changed pixels form one solid rectangle, the same in every channel.
+        box = torch.zeros_like(mask)
+        box[rows.min():rows.max() + 1, cols.min():cols.max() + 1] = True
+        assert torch.equal(mask, box)
+        assert torch.equal(changed[i], box.expand(3, -1, -1))
+        assert 0.02 <= box.float().mean() <= 0.4
+    assert 4 <= erased_images <= 16
+    assert out.mixed_fraction == pytest.approx(erased_images / 20)
+    zero = RandomErasing(num_classes=10, prob=1.0, fill="zero", seed=1)(x, y)
+    assert set(zero.images.unique().tolist()) <= {0.0, 7.0}
+
+
+def test_switch_picks_cutmix_at_the_configured_rate() -> None:
+    from cutmix_runner.mixing import CutMixOrMixUp, MixUp
+
+    switch = CutMixOrMixUp(CutMix(10, seed=1), MixUp(10, seed=2), prob=0.8, switch_prob=0.3,
+                           seed=3)
+    x, y = _images(4), torch.arange(4)
+    mixed = sum(switch(x, y).mixed for _ in range(3000))
+    assert abs(mixed / 3000 - 0.8) < 0.03
+    assert abs(switch.cutmix_batches / mixed - 0.3) < 0.03
+
+
+def test_ramps_give_the_configured_values_at_each_epoch() -> None:
+    from cutmix_runner.config import RampConfig, RegularizerConfig
+    from cutmix_runner.mixing import build_regularizer, set_epoch_values
+
+    linear = RegularizerConfig(name="cutmix", prob=0.2, max_area=0.2,
+                               ramp=RampConfig(kind="linear", prob_end=0.6, max_area_end=0.6))
+    assert [round(linear.values_at(e, 5)[0], 6) for e in range(5)] == [0.2, 0.3, 0.4, 0.5, 0.6]
+    assert linear.values_at(4, 5)[2] == pytest.approx(0.6)
+    step = RegularizerConfig(name="cutmix", prob=0.1,
+                             ramp=RampConfig(kind="step", at=[2, 4], prob_steps=[0.3, 0.7]))
+    assert [step.values_at(e, 5)[0] for e in range(5)] == [0.1, 0.3, 0.3, 0.7, 0.7]
+    constant = RegularizerConfig(name="cutmix", prob=0.25)
+    assert {constant.values_at(e, 5)[0] for e in range(5)} == {0.25}
+    reg = build_regularizer(linear, 10, seed=0)
+    set_epoch_values(reg, linear, 2, 5)
+    assert reg.prob == pytest.approx(0.4) and reg.max_area == pytest.approx(0.4)
+
+
+def test_label_smoothing_is_explicit() -> None:
+    from cutmix_runner.mixing import smooth
+
+    t = F.one_hot(torch.tensor([1, 2]), 4).float()
+    assert torch.equal(smooth(t, 0.0), t)
+    s = smooth(t, 0.1)
+    assert s.sum(-1).allclose(torch.ones(2)) and s[0, 1].item() == pytest.approx(0.925)

@@ -76,7 +76,7 @@ def test_split_parts_finds_blocks(name: str) -> None:
 def _train_a_few_steps(model: torch.nn.Module, unfreeze_blocks: int) -> None:
     plan = plan_freeze(model, unfreeze_blocks)
     apply_freeze(model, plan)
-    stage = StageConfig(name="s", unfreeze_blocks=unfreeze_blocks, lr_head=1e-2, lr_backbone=1e-2)
+    stage = StageConfig(unfreeze_blocks=unfreeze_blocks, lr_head=1e-2, lr_backbone=1e-2)
     opt = build_optimizer(model, plan, stage, OptimConfig())
     torch.manual_seed(0)
     for _ in range(3):
