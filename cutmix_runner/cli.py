@@ -1,7 +1,8 @@
 """`cutmix-train`: a Hydra main that turns user mistakes into one-line errors.
 
-Hydra normally prints its own multi-line report (or a traceback). We ask it to re-raise
-(HYDRA_FULL_ERROR=1) and print the first meaningful line ourselves, exiting with status 2.
+Config errors: Hydra normally prints its own multi-line report; we ask it to re-raise
+(HYDRA_FULL_ERROR=1) and print the first meaningful line ourselves. Errors found inside the job
+(bad values, data, model) exit from the job with one line. Both exit with status 2.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -23,8 +25,14 @@ CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 register_configs()
 
 
-class UserError(Exception):
-    """Raised inside the Hydra job for mistakes the user can fix; printed as one line."""
+def fail(message: str) -> NoReturn:
+    """One line on stderr and exit status 2.
+
+    Raised as SystemExit inside the job, so Hydra neither logs the job as crashed nor prints a
+    traceback.
+    """
+    print(f"cutmix-train: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
@@ -38,7 +46,7 @@ def train(cfg: DictConfig) -> float:
         out_dir = Path(HydraConfig.get().runtime.output_dir)
         summary = Trainer(run_cfg, out_dir).fit()
     except (ConfigError, DataError, ModelError, RunError) as exc:
-        raise UserError(str(exc)) from exc
+        fail(str(exc))
     return float(summary["best"]["val_accuracy"])
 
 
@@ -58,9 +66,6 @@ def main() -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         train()
-    except UserError as exc:
-        print(f"cutmix-train: error: {exc}", file=sys.stderr)
-        sys.exit(2)
     except (HydraException, OmegaConfBaseException) as exc:
         cause = exc.__cause__ if isinstance(exc.__cause__, OmegaConfBaseException) else exc
         print(f"cutmix-train: config error: {_one_line(cause)}", file=sys.stderr)

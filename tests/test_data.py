@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import functools
 import hashlib
+import http.server
 import pickle
 import tarfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -77,13 +80,27 @@ def _fake_archive(tmp_path: Path) -> Path:
     return archive
 
 
-def test_download_path_uses_torchvision_with_md5(tmp_path: Path, cifar_folder: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    # The official URL and MD5 are torchvision's; here a file:// URL stands in for the network.
-    assert data.CIFAR10_MD5 == "c58f30108f718f92721af3b95e74349a"
-    assert data.CIFAR10_URL.endswith("cifar-10-python.tar.gz")
+@pytest.fixture
+def archive_server(tmp_path: Path):
+    """Serve a fake archive over HTTP on the loopback interface, standing in for the network."""
     archive = _fake_archive(tmp_path)
-    monkeypatch.setattr(data, "CIFAR10_URL", archive.as_uri())
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *args: None  # type: ignore[assignment]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield archive, f"http://127.0.0.1:{server.server_address[1]}/{archive.name}"
+    server.shutdown()
+
+
+def test_download_path_uses_torchvision_with_md5(tmp_path: Path, cifar_folder: Path,
+                                                 archive_server: tuple[Path, str],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # The official URL and MD5 are what real users get; a loopback server stands in here.
+    assert data.CIFAR10_MD5 == "c58f30108f718f92721af3b95e74349a"
+    assert data.CIFAR10_URL == "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+    archive, url = archive_server
+    monkeypatch.setattr(data, "CIFAR10_URL", url)
     monkeypatch.setattr(data, "CIFAR10_MD5", hashlib.md5(archive.read_bytes()).hexdigest())
     root = tmp_path / "downloaded"
     tx, _, sx, _ = load_cifar10(root, download=True)
@@ -92,9 +109,9 @@ def test_download_path_uses_torchvision_with_md5(tmp_path: Path, cifar_folder: P
 
 
 def test_download_with_wrong_md5_fails_clearly(tmp_path: Path, cifar_folder: Path,
+                                               archive_server: tuple[Path, str],
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    archive = _fake_archive(tmp_path)
-    monkeypatch.setattr(data, "CIFAR10_URL", archive.as_uri())
+    monkeypatch.setattr(data, "CIFAR10_URL", archive_server[1])  # official MD5 kept
     with pytest.raises(DataError, match="downloading CIFAR-10"):
         load_cifar10(tmp_path / "downloaded", download=True)
 
