@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA_ROOT ?= ../shared/data/cifar10
 ARGS ?=
 
-.PHONY: setup test test-all lint train sweep smoke bench clean
+.PHONY: setup test test-all lint train sweep presets smoke bench clean
 
 setup: $(BIN)/cutmix-train
 
@@ -35,6 +35,12 @@ train: setup
 # Two-point sweep over Stage-2's CutMix probability; each run gets its own directory.
 sweep: setup
 	$(BIN)/cutmix-train -m data.root=$(DATA_ROOT) schedule.stages.adapt.regularizer.prob=0,0.3 $(ARGS)
+
+# One short run per regularizer preset on a 5,000-image stratified subset (README table).
+PRESETS ?= baseline,cutmix_staged,cutmix_from_start,mixup_staged,random_erasing_staged,cutmix_strong_late
+presets: setup
+	$(BIN)/cutmix-train -m data.root=$(DATA_ROOT) experiment=$(PRESETS) data.train_subset=5000 \
+		trainer.progress=false $(ARGS)
 
 # Seconds-long end-to-end run on synthetic data.
 smoke: setup

@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from cutmix_runner import faults
+
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary sibling, fsync, then rename over the target."""
@@ -19,6 +21,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
+    faults.during_write(path.name)
     os.replace(tmp, path)
 
 

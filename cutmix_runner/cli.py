@@ -8,6 +8,7 @@ Config errors: Hydra normally prints its own multi-line report; we ask it to re-
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -41,13 +42,27 @@ def train(cfg: DictConfig) -> float:
     from cutmix_runner.model import ModelError
     from cutmix_runner.trainer import RunError, Trainer
 
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         run_cfg = validate(cfg)
-        out_dir = Path(HydraConfig.get().runtime.output_dir)
         summary = Trainer(run_cfg, out_dir).fit()
     except (ConfigError, DataError, ModelError, RunError) as exc:
         fail(str(exc))
+    except KeyboardInterrupt:
+        last = out_dir / "checkpoints" / "last.pt"
+        where = (f"{last} holds the last finished epoch; continue with: cutmix-train "
+                 f"<same overrides> hydra.run.dir={out_dir} trainer.resume=auto"
+                 if last.exists() else "no epoch had finished, nothing to resume")
+        print(f"cutmix-train: interrupted; {where}", file=sys.stderr)
+        raise SystemExit(130) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return float(summary["best"]["val_accuracy"])
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _one_line(exc: BaseException) -> str:

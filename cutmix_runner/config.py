@@ -247,6 +247,9 @@ class TrainerConfig:
     channels_last: bool = True
     num_threads: int = 0  # 0 leaves torch's default
     keep_freed_memory: bool = True  # glibc keeps freed buffers: fewer page faults on CPU
+    # null: a fresh run. auto: continue from this run directory's checkpoints/last.pt if there
+    # is one. A path: continue from that checkpoint (or that run directory's last.pt).
+    resume: str | None = None
     # Fixed subset of the training split evaluated clean (eval mode, no augmentation) each epoch.
     clean_train_size: int = 2000
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cutmix_runner.checkpoint import atomic_write_bytes
 from cutmix_runner.data import eval_batches
 
 
@@ -53,7 +54,7 @@ class MetricsLog:
             f.flush()
             os.fsync(f.fileno())
 
-    def read(self) -> list[dict[str, Any]]:
-        if not self.path.exists():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+    def rewrite(self, records: list[dict[str, Any]]) -> None:
+        """Replace the file atomically with exactly these records (used on resume)."""
+        text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
+        atomic_write_bytes(self.path, text.encode())

@@ -19,7 +19,7 @@ import torch
 import torchvision
 from tqdm import tqdm
 
-from cutmix_runner import __version__
+from cutmix_runner import __version__, faults
 from cutmix_runner.checkpoint import atomic_write_json, load_checkpoint, save_checkpoint
 from cutmix_runner.config import RunConfig, StageConfig
 from cutmix_runner.data import Preprocess, Splits, build_splits, stratified_split, train_batches
@@ -41,6 +41,12 @@ from cutmix_runner.model import (
 from cutmix_runner.stages import Plateau, build_optimizer, build_scheduler, gap_exceeded
 
 log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "cutmix-runner/1"
+# Keys that do not change results; a checkpoint may be resumed with them changed.
+RESULT_NEUTRAL = {"trainer": ("resume", "progress", "device", "num_threads", "eval_batch_size",
+                              "keep_freed_memory"),
+                  "data": ("root", "download")}
 
 
 class RunError(RuntimeError):
@@ -75,6 +81,26 @@ def keep_freed_memory() -> bool:
         return False
 
 
+def result_config(cfg: RunConfig) -> dict[str, Any]:
+    """The config as a dict, without the keys that do not affect results."""
+    out = asdict(cfg)
+    for group, keys in RESULT_NEUTRAL.items():
+        for key in keys:
+            out[group].pop(key, None)
+    return out
+
+
+def config_difference(old: Any, new: Any, prefix: str = "") -> str:
+    """The first key whose value differs, as 'key: old -> new'; empty when equal."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in list(old) + [k for k in new if k not in old]:
+            diff = config_difference(old.get(key), new.get(key), f"{prefix}{key}.")
+            if diff:
+                return diff
+        return ""
+    return "" if old == new else f"{prefix.rstrip('.')}: {old!r} -> {new!r}"
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -95,6 +121,9 @@ class Trainer:
         self.ckpt_dir = out_dir / "checkpoints"
         self.metrics = MetricsLog(out_dir / "metrics.jsonl")
         tcfg = cfg.trainer
+        if tcfg.resume is None and (self.metrics.path.exists() or self.ckpt_dir.exists()):
+            raise RunError(f"{out_dir} already holds a run; continue it with trainer.resume=auto "
+                           "or pick a new hydra.run.dir")
         if tcfg.num_threads:
             torch.set_num_threads(tcfg.num_threads)
         if tcfg.keep_freed_memory:
@@ -132,6 +161,9 @@ class Trainer:
         self.data_generator = torch.Generator().manual_seed(tcfg.seed)
         self.best: dict[str, Any] = {"val_accuracy": -1.0}
         self.global_epoch = 0
+        self.global_step = 0
+        self.records: list[dict[str, Any]] = []  # every finished epoch's metrics, in order
+        self.finished_stages: list[dict[str, Any]] = []
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return torch.autocast(self.device.type, dtype=torch.bfloat16,
@@ -139,23 +171,31 @@ class Trainer:
 
     # ------------------------------------------------------------ one stage
 
-    def run_stage(self, index: int, name: str, stage: StageConfig) -> dict[str, Any]:
+    def run_stage(self, index: int, name: str, stage: StageConfig,
+                  resume: dict[str, Any] | None = None) -> None:
+        """Train one stage; `resume` is a checkpoint taken inside this stage."""
         cfg = self.cfg
         plan = plan_freeze(self.model, stage.unfreeze_blocks)
         apply_freeze(self.model, plan)
         optimizer = build_optimizer(self.model, plan, stage, cfg.optim)
-        n_train = len(self.data.train_x)
-        steps_per_epoch = -(-n_train // cfg.trainer.batch_size)
+        steps_per_epoch = -(-len(self.data.train_x) // cfg.trainer.batch_size)
         scheduler = build_scheduler(optimizer, stage, steps_per_epoch, cfg.optim.min_lr_ratio)
         regularizer = build_regularizer(stage.regularizer, self.data.num_classes,
                                         seed=cfg.trainer.seed * 1000 + index)
         plateau = Plateau(stage.patience, stage.min_delta)
+        first_epoch, seconds = 0, 0.0
+        if resume is not None:
+            optimizer.load_state_dict(resume["optimizer"])
+            scheduler.load_state_dict(resume["scheduler"])
+            regularizer.generator.set_state(resume["rng"]["regularizer"])
+            plateau.best, plateau.bad_epochs = resume["plateau"]
+            first_epoch, seconds = resume["epoch"], resume["stage_seconds"]
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         log.info("stage %d '%s': %d trainable parameters, regularizer %s, up to %d epochs",
                  index, name, trainable, stage.regularizer.name, stage.epochs)
-        start = time.perf_counter()
         ended_by = "epochs"
-        for epoch in range(stage.epochs):
+        for epoch in range(first_epoch, stage.epochs):
+            start = time.perf_counter()
             set_epoch_values(regularizer, stage.regularizer, epoch, stage.epochs)
             record = self.train_epoch(index, name, stage, epoch, plan, optimizer, scheduler,
                                       regularizer)
@@ -166,13 +206,22 @@ class Trainer:
                 ended_by = "gap"
             if ended_by != "epochs" or last:
                 record["stage_end"] = ended_by
+            seconds += time.perf_counter() - start
             self.metrics.append(record)
-            self._checkpoint(index, name, epoch, optimizer, scheduler, record["val_accuracy"])
+            self.records.append(record)
+            if "stage_end" in record:
+                self.finished_stages.append({"name": name, "epochs": epoch + 1,
+                                             "ended_by": ended_by, "seconds": round(seconds, 2)})
+            self._checkpoint({
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "stage_index": index, "stage": name, "epoch": epoch + 1,
+                "stage_end": record.get("stage_end"), "stage_seconds": seconds,
+                "plateau": (plateau.best, plateau.bad_epochs),
+                "rng": {"regularizer": regularizer.generator.get_state()},
+            }, record["val_accuracy"])
             if "stage_end" in record:
                 break
         log.info("stage '%s' ended by %s after %d epochs", name, ended_by, epoch + 1)
-        return {"name": name, "epochs": epoch + 1, "ended_by": ended_by,
-                "seconds": round(time.perf_counter() - start, 2)}
 
     def train_epoch(self, index: int, name: str, stage: StageConfig, epoch: int, plan: Any,
                     optimizer: torch.optim.Optimizer, scheduler: Any,
@@ -190,13 +239,18 @@ class Trainer:
         loss_sum, seen, mixed_images, lam_sum = 0.0, 0, 0.0, 0.0
         start = time.perf_counter()
         for step, (xb, yb) in enumerate(bar):
+            self.global_step += 1
             mix = regularizer(self.preprocess(xb), yb)
             with self.autocast():
                 logits = self.model(mix.images)
             loss = soft_target_cross_entropy(logits, smooth(mix.targets, smoothing))
+            if faults.at_step("nan_step", self.global_step):
+                loss = loss * float("nan")
+            faults.at_step("kill_step", self.global_step)
             if not torch.isfinite(loss):
                 raise RunError(f"non-finite loss in stage '{name}', epoch {epoch + 1}, "
-                               f"step {step}; lower the learning rates")
+                               f"step {step + 1}; lower the learning rates. "
+                               f"{self.ckpt_dir / 'last.pt'} holds the last good epoch")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.optim.grad_clip:
@@ -237,21 +291,67 @@ class Trainer:
         return evaluate(self.model, x, y, self.preprocess, self.cfg.trainer.eval_batch_size,
                         self.autocast)
 
-    def _checkpoint(self, index: int, name: str, epoch: int,
-                    optimizer: torch.optim.Optimizer, scheduler: Any, val_accuracy: float) -> None:
+    def _checkpoint(self, stage_state: dict[str, Any], val_accuracy: float) -> None:
+        """Write last.pt (and best.pt on a new best): everything needed to continue exactly."""
         state = {
-            "model": self.model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "stage_index": index, "stage": name,
-            "epoch": epoch + 1, "global_epoch": self.global_epoch,
-            "val_accuracy": val_accuracy, "config": asdict(self.cfg),
+            **stage_state, "format": CHECKPOINT_FORMAT, "model": self.model.state_dict(),
+            "global_epoch": self.global_epoch, "global_step": self.global_step,
+            "val_accuracy": val_accuracy, "config": result_config(self.cfg),
+            "records": self.records, "finished_stages": self.finished_stages,
         }
+        state["rng"] = {**stage_state["rng"], "python": random.getstate(),
+                        "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+                        "data": self.data_generator.get_state(),
+                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
         if val_accuracy > self.best["val_accuracy"]:
-            self.best = {"val_accuracy": val_accuracy, "stage": name,
-                         "stage_index": index, "epoch": epoch + 1,
+            self.best = {"val_accuracy": val_accuracy, "stage": stage_state["stage"],
+                         "stage_index": stage_state["stage_index"], "epoch": stage_state["epoch"],
                          "global_epoch": self.global_epoch}
-            save_checkpoint(self.ckpt_dir / "best.pt", state)
+            save_checkpoint(self.ckpt_dir / "best.pt", {**state, "best": self.best})
         state["best"] = self.best
         save_checkpoint(self.ckpt_dir / "last.pt", state)
+
+    def _restore(self, path: Path) -> dict[str, Any]:
+        """Load a checkpoint to continue from; checks that it belongs to this config."""
+        try:
+            state = load_checkpoint(path)
+        except FileNotFoundError as exc:
+            raise RunError(f"trainer.resume: no checkpoint at {path}") from exc
+        except Exception as exc:
+            raise RunError(f"trainer.resume: {path} is not a readable checkpoint "
+                           f"({type(exc).__name__})") from exc
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise RunError(f"trainer.resume: {path} is not a cutmix-runner checkpoint")
+        diff = config_difference(state["config"], result_config(self.cfg))
+        if diff:
+            raise RunError(f"trainer.resume: {path} was made with a different config ({diff})")
+        self.model.load_state_dict(state["model"])
+        self.global_epoch, self.global_step = state["global_epoch"], state["global_step"]
+        self.best = state["best"]
+        self.records = list(state["records"])
+        self.finished_stages = list(state["finished_stages"])
+        rng = state["rng"]
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+        self.data_generator.set_state(rng["data"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        # metrics.jsonl may hold a line written after this checkpoint: rewrite it from the
+        # checkpoint's own records, so resumed runs never duplicate an epoch.
+        self.metrics.rewrite(self.records)
+        log.info("resumed from %s: stage '%s', epoch %d", path, state["stage"], state["epoch"])
+        return state
+
+    def resume_path(self) -> Path | None:
+        resume = self.cfg.trainer.resume
+        if resume is None:
+            return None
+        if resume == "auto":
+            path = self.ckpt_dir / "last.pt"
+            return path if path.exists() else None  # nothing to resume: start fresh
+        path = Path(resume)
+        return path / "checkpoints" / "last.pt" if path.is_dir() else path
 
     # ------------------------------------------------------------ the whole run
 
@@ -260,10 +360,23 @@ class Trainer:
         log.info("device %s (%s), image size %d, %d train / %d val / %d test images",
                  self.device, self.precision, self.image_size, len(self.data.train_x),
                  len(self.data.val_x), len(self.data.test_x))
-        stages = []
-        all_stages = list(enumerate(self.cfg.schedule.stages.items()))
+        path = self.resume_path()
+        resume = self._restore(path) if path is not None else None
+        if resume is None:
+            # resume=auto with no checkpoint yet: drop lines of an epoch that was never saved.
+            self.metrics.rewrite([])
+        first_stage = resume["stage_index"] if resume else 0
+        all_stages = list(enumerate(self.cfg.schedule.stages.items()))[first_stage:]
         for index, (name, stage) in tqdm(all_stages, desc="stages", disable=not self.progress):
-            stages.append(self.run_stage(index, name, stage))
+            if resume is not None and index == first_stage:
+                if resume["stage_end"] is None:
+                    self.run_stage(index, name, stage, resume)
+                continue  # that stage had already ended; its summary came with the checkpoint
+            self.run_stage(index, name, stage)
+        return self.finish()
+
+    def finish(self) -> dict[str, Any]:
+        """Evaluate on the test set once, and write summary.json."""
         final_test = self._evaluate(self.data.test_x, self.data.test_y)
         best_test = final_test
         if self.best["global_epoch"] != self.global_epoch:
@@ -272,7 +385,7 @@ class Trainer:
         summary = {
             "test_accuracy": best_test.accuracy, "test_loss": best_test.loss,
             "final_test_accuracy": final_test.accuracy, "final_test_loss": final_test.loss,
-            "best": self.best, "stages": stages,
+            "best": self.best, "stages": self.finished_stages,
             "train_size": len(self.data.train_x), "val_size": len(self.data.val_x),
             "test_size": len(self.data.test_x), "image_size": self.image_size,
             "device": str(self.device), "device_name": self._device_name(),

@@ -1,0 +1,41 @@
+"""Test-only fault injection, so tests can kill a run at exact points or poison a loss.
+
+Off unless CUTMIX_RUNNER_FAULT is set, to one of:
+  kill_step:N          SIGKILL just before optimizer step N (counted over the whole run, from 1)
+  kill_write:NAME:N    SIGKILL during the N-th atomic write of file NAME (temp file written,
+                       not yet renamed into place)
+  nan_step:N           make the loss of step N non-finite
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections import Counter
+
+_writes: Counter[str] = Counter()
+
+
+def _spec() -> list[str]:
+    return os.environ.get("CUTMIX_RUNNER_FAULT", "").split(":")
+
+
+def _kill() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def at_step(kind: str, step: int) -> bool:
+    """True when the fault `kind` (kill_step, nan_step) is set for this global step."""
+    spec = _spec()
+    hit = len(spec) == 2 and spec[0] == kind and spec[1] == str(step)
+    if hit and kind == "kill_step":
+        _kill()
+    return hit
+
+
+def during_write(name: str) -> None:
+    spec = _spec()
+    if len(spec) == 3 and spec[0] == "kill_write" and spec[1] == name:
+        _writes[name] += 1
+        if _writes[name] == int(spec[2]):
+            _kill()

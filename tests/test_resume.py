@@ -1,0 +1,123 @@
+"""Reliability: exact resume after SIGKILL, no duplicated epochs, NaN stops, bad checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import run_cli
+
+# Smoke run: 200 synthetic images, batch 32 -> 7 steps per epoch; stages head (2 epochs,
+# steps 1-14), adapt (1 epoch, steps 15-21), late (1 epoch, steps 22-28).
+SMOKE = ("experiment=smoke", "trainer.progress=false", "trainer.num_threads=1")
+TIMING = {"images_per_second", "seconds"}
+
+
+def _metrics(run: Path) -> list[dict]:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(x).items() if k not in TIMING} for x in lines]
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run / "checkpoints" / "last.pt", weights_only=False)["model"]
+
+
+def _run(out: Path, *extra: str, fault: str | None = None):
+    env = {"CUTMIX_RUNNER_FAULT": fault} if fault else {}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        return run_cli(*SMOKE, f"hydra.run.dir={out}", *extra)
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("reference") / "run"
+    result = _run(out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return out
+
+
+@pytest.mark.parametrize("fault", [
+    "kill_step:4",              # mid-epoch, before any checkpoint
+    "kill_step:11",             # mid-epoch, with an earlier epoch checkpointed
+    "kill_step:15",             # first step after a stage boundary
+    "kill_write:last.pt:2",     # inside the checkpoint write that ends a stage
+    "kill_write:best.pt:1",     # inside the first best-checkpoint write
+])
+def test_killed_and_resumed_run_matches_uninterrupted(fault: str, reference: Path,
+                                                      tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    killed = _run(out, fault=fault)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    resumed = _run(out, "trainer.resume=auto")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert _metrics(out) == _metrics(reference)
+    ours, theirs = _weights(out), _weights(reference)
+    assert ours.keys() == theirs.keys()
+    for key in ours:
+        assert torch.equal(ours[key], theirs[key]), key
+    summary = json.loads((out / "summary.json").read_text())
+    expected = json.loads((reference / "summary.json").read_text())
+    for key in ("test_accuracy", "test_loss", "best"):
+        assert summary[key] == expected[key]
+    assert [s["name"] for s in summary["stages"]] == ["head", "adapt", "late"]
+
+
+def test_resume_from_a_path_into_a_new_directory(reference: Path, tmp_path: Path) -> None:
+    first = tmp_path / "first"
+    assert _run(first, fault="kill_step:18").returncode == -9
+    second = tmp_path / "second"
+    result = _run(second, f"trainer.resume={first}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert _metrics(second) == _metrics(reference)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = _run(out, fault="nan_step:10")
+    assert result.returncode == 2
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    assert "non-finite loss in stage 'head', epoch 2, step 3" in lines[0]
+    last = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
+    assert last["global_epoch"] == 1 and last["stage"] == "head"
+    assert len(_metrics(out)) == 1
+    assert not (out / "summary.json").exists()
+
+
+@pytest.mark.parametrize("make_bad, pattern", [
+    (lambda p: p.write_bytes(b"not a checkpoint"), "not a readable checkpoint"),
+    (lambda p: torch.save({"weights": 1}, p), "not a cutmix-runner checkpoint"),
+])
+def test_corrupt_or_foreign_checkpoint(make_bad, pattern: str, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.pt"
+    make_bad(bad)
+    result = _run(tmp_path / "run", f"trainer.resume={bad}")
+    assert result.returncode == 2 and pattern in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_checkpoint_from_a_different_config(reference: Path, tmp_path: Path) -> None:
+    result = _run(tmp_path / "run", f"trainer.resume={reference}",
+                  "schedule.stages.adapt.regularizer.prob=0.9")
+    assert result.returncode == 2
+    assert "different config (schedule.stages.adapt.regularizer.prob: 0.3 -> 0.9)" in result.stderr
+
+
+def test_fresh_run_refuses_a_directory_that_holds_a_run(reference: Path) -> None:
+    before = {p: p.read_bytes() for p in [reference / "metrics.jsonl", reference / "summary.json",
+                                          *sorted((reference / "checkpoints").iterdir())]}
+    result = _run(reference)
+    assert result.returncode == 2 and "already holds a run" in result.stderr
+    assert {p: p.read_bytes() for p in before} == before
