@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA_ROOT ?= ../shared/data/cifar10
 ARGS ?=
 
-.PHONY: setup test test-all lint train sweep presets smoke bench clean
+.PHONY: setup test test-all lint train sweep presets reproduce reproduce-full smoke bench clean
 
 setup: $(BIN)/cutmix-train
 
@@ -41,6 +41,24 @@ PRESETS ?= baseline,cutmix_staged,cutmix_from_start,mixup_staged,random_erasing_
 presets: setup
 	$(BIN)/cutmix-train -m data.root=$(DATA_ROOT) experiment=$(PRESETS) data.train_subset=5000 \
 		trainer.progress=false $(ARGS)
+
+# The claims study: five presets x three seeds on a 5,000-image subset (overfitting matters),
+# then the report into docs/results/. About 65 minutes on 2 CPU cores.
+REPRO_ARMS ?= baseline,cutmix_from_start,cutmix_staged,mixup_staged,random_erasing_staged
+REPRO_SEEDS ?= 0,1,2
+REPRO_DIR := multirun/reproduce-$(shell date +%Y%m%d-%H%M%S)
+REPRO_DATA ?= data.train_subset=5000 data.val_size=2000 trainer.clean_train_size=1000 \
+	trainer.flip_subset=500
+reproduce: setup
+	$(BIN)/cutmix-train -m data.root=$(DATA_ROOT) trainer.seed=$(REPRO_SEEDS) \
+		experiment=$(REPRO_ARMS) $(REPRO_DATA) trainer.progress=false hydra.sweep.dir=$(REPRO_DIR) $(ARGS)
+	$(BIN)/cutmix-report $(REPRO_DIR) --out docs/results
+
+# The same study on the full training set (hours on CPU, minutes on a GPU).
+reproduce-full: setup
+	$(BIN)/cutmix-train -m data.root=$(DATA_ROOT) trainer.seed=$(REPRO_SEEDS) \
+		experiment=$(REPRO_ARMS) trainer.progress=false hydra.sweep.dir=$(REPRO_DIR)-full $(ARGS)
+	$(BIN)/cutmix-report $(REPRO_DIR)-full --out docs/results-full
 
 # Seconds-long end-to-end run on synthetic data.
 smoke: setup

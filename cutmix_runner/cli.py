@@ -85,6 +85,10 @@ def main() -> None:
         cause = exc.__cause__ if isinstance(exc.__cause__, OmegaConfBaseException) else exc
         print(f"cutmix-train: config error: {_one_line(cause)}", file=sys.stderr)
         sys.exit(2)
+    except OSError as exc:  # e.g. an output directory that cannot be created or written
+        print(f"cutmix-train: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
+              file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
         print("cutmix-train: interrupted", file=sys.stderr)
         sys.exit(130)

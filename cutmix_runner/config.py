@@ -194,7 +194,7 @@ class StageConfig:
         _check(self.epochs >= 1, f"{key}.epochs", f"must be >= 1, got {self.epochs}")
         _check(self.patience >= 0, f"{key}.patience", f"must be >= 0, got {self.patience}")
         _check(self.min_delta >= 0, f"{key}.min_delta", f"must be >= 0, got {self.min_delta}")
-        _check(self.max_gap is None or self.max_gap > -1, f"{key}.max_gap",
+        _check(self.max_gap is None or -1 < self.max_gap <= 1, f"{key}.max_gap",
                "must be a fraction in (-1, 1] or null")
         _check(self.unfreeze_blocks >= -1, f"{key}.unfreeze_blocks",
                f"must be -1 (all), 0 (head only) or a block count, got {self.unfreeze_blocks}")
@@ -252,6 +252,12 @@ class TrainerConfig:
     resume: str | None = None
     # Fixed subset of the training split evaluated clean (eval mode, no augmentation) each epoch.
     clean_train_size: int = 2000
+    # Prediction flip rate: the first `flip_subset` validation (and test) images, perturbed by
+    # Gaussian noise of std `flip_noise_sigma` on the 0-1 pixel scale, or shifted by 1..
+    # `flip_max_shift` pixels per axis; fixed seeds so that runs compare.
+    flip_subset: int = 1000
+    flip_noise_sigma: float = 0.03
+    flip_max_shift: int = 2
 
     def validate(self) -> None:
         _check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
@@ -262,6 +268,9 @@ class TrainerConfig:
         _check(self.eval_batch_size >= 1, "trainer.eval_batch_size", "must be >= 1")
         _check(self.num_threads >= 0, "trainer.num_threads", "must be >= 0")
         _check(self.clean_train_size >= 0, "trainer.clean_train_size", "must be >= 0")
+        _check(self.flip_subset >= 0, "trainer.flip_subset", "must be >= 0")
+        _check(self.flip_noise_sigma >= 0, "trainer.flip_noise_sigma", "must be >= 0")
+        _check(self.flip_max_shift >= 1, "trainer.flip_max_shift", "must be >= 1")
 
 
 @dataclass

@@ -227,6 +227,12 @@ def random_hflip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Batches per epoch: a last partial batch counts unless it holds a single image."""
+    full, rest = divmod(n, batch_size)
+    return full + (1 if rest > 1 or (rest == 1 and full == 0) else 0)
+
+
 def train_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, g: torch.Generator,
                   pad: int, hflip: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """One epoch of shuffled, augmented uint8 batches.
@@ -237,14 +243,10 @@ def train_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, g: torch.Ge
     for start in range(0, len(x), batch_size):
         idx = order[start:start + batch_size]
         if len(idx) == 1 and len(x) > 1:
-            break
+            break  # see steps_per_epoch
         xb = random_translate(x[idx], pad, g)
         if hflip:
             xb = random_hflip(xb, g)
         yield xb, y[idx]
 
 
-def eval_batches(x: torch.Tensor, y: torch.Tensor,
-                 batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    for start in range(0, len(x), batch_size):
-        yield x[start:start + batch_size], y[start:start + batch_size]

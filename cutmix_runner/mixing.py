@@ -83,6 +83,16 @@ def _check_common(prob: float, alpha: float, min_area: float, max_area: float) -
         raise ValueError(f"need 0 <= min_area <= max_area <= 1, got {min_area}, {max_area}")
 
 
+def _own_share(partner: torch.Tensor, lam: torch.Tensor) -> tuple[float, float]:
+    """(mean weight of each image's own label, fraction of images actually changed).
+
+    An image paired with itself, or given an empty box, keeps its whole label.
+    """
+    changed = (partner != torch.arange(len(partner), device=partner.device)) & (lam < 1)
+    own = torch.where(changed, lam, torch.ones_like(lam))
+    return float(own.mean()), float(changed.float().mean())
+
+
 class Regularizer:
     """Base: holds the shared knobs and the generator; subclasses implement ``apply``."""
 
@@ -95,6 +105,17 @@ class Regularizer:
         self.min_area = min_area
         self.max_area = max_area
         self.generator = torch.Generator().manual_seed(seed)
+
+    def generators(self) -> list[torch.Generator]:
+        return [self.generator]
+
+    def rng_state(self) -> list[torch.Tensor]:
+        """Every generator's state, for exact resume."""
+        return [g.get_state() for g in self.generators()]
+
+    def set_rng_state(self, states: list[torch.Tensor]) -> None:
+        for g, state in zip(self.generators(), states, strict=True):
+            g.set_state(state)
 
     def _coin(self) -> bool:
         return self.prob > 0 and float(torch.rand(1, generator=self.generator)) < self.prob
@@ -131,7 +152,8 @@ class CutMix(Regularizer):
         mixed = images.clone()
         mixed[:, :, top:bottom, left:right] = images[partner, :, top:bottom, left:right]
         lam = 1.0 - (bottom - top) * (right - left) / (h * w)
-        return MixResult(mixed, lam * targets + (1.0 - lam) * targets[partner], lam, 1.0)
+        return MixResult(mixed, lam * targets + (1.0 - lam) * targets[partner],
+                         *_own_share(partner, torch.full((n,), lam, device=images.device)))
 
 
 class MixUp(Regularizer):
@@ -158,16 +180,18 @@ class MixUp(Regularizer):
         partner = torch.randperm(n, generator=self.generator).to(images.device)
         mixed = lam.view(n, 1, 1, 1) * images + (1 - lam.view(n, 1, 1, 1)) * images[partner]
         mixed_targets = lam[:, None] * targets + (1 - lam[:, None]) * targets[partner]
-        return MixResult(mixed.to(images.dtype), mixed_targets, float(lam.mean()), 1.0)
+        return MixResult(mixed.to(images.dtype), mixed_targets, *_own_share(partner, lam))
 
 
 class RandomErasing(Regularizer):
     """Random Erasing: each image, with probability ``prob``, has one box removed.
 
     The box covers U(min_area, max_area) of the image with a log-uniform aspect ratio in
-    [min_aspect, max_aspect] and is filled with noise (``fill="random"``, per pixel, as timm's
-    "pixel" mode) or with zeros, the data mean after normalisation (``fill="zero"``). Nothing is
-    pasted in, so labels stay one-hot: erasing removes information instead of replacing it.
+    [min_aspect, max_aspect] (a box taller or wider than the image is clipped to it, so very large
+    areas at extreme aspects come out smaller) and is filled with noise (``fill="random"``, per
+    pixel, as timm's "pixel" mode) or with zeros, the data mean after normalisation
+    (``fill="zero"``). Nothing is pasted in, so labels stay one-hot: erasing removes information
+    instead of replacing it.
     """
 
     def __init__(self, num_classes: int, prob: float = 0.5, min_area: float = 0.02,
@@ -228,6 +252,9 @@ class CutMixOrMixUp(Regularizer):
         self.min_area, self.max_area = cutmix.min_area, cutmix.max_area
         self.cutmix_batches = 0
 
+    def generators(self) -> list[torch.Generator]:
+        return [self.generator, self.cutmix.generator, self.mixup.generator]
+
     def apply(self, images: torch.Tensor, targets: torch.Tensor) -> MixResult:
         if not self._coin():
             return MixResult(images, targets, 1.0, 0.0)
@@ -251,8 +278,10 @@ def build_regularizer(cfg: RegularizerConfig, num_classes: int, seed: int) -> Re
         return RandomErasing(num_classes, prob, lo, hi, cfg.min_aspect, cfg.max_aspect,
                              cfg.erase_fill, seed=seed)
     if cfg.name == "cutmix_or_mixup":
-        cutmix = CutMix(num_classes, 1.0, cfg.cutmix_alpha, lo, hi, seed=seed + 1)
-        mixup = MixUp(num_classes, 1.0, cfg.mixup_alpha, cfg.mixup_per_sample, seed=seed + 2)
+        # Independent streams for the two branches (seed + 1 would be the next stage's seed).
+        cutmix_seed, mixup_seed = np.random.SeedSequence(seed).generate_state(2).tolist()
+        cutmix = CutMix(num_classes, 1.0, cfg.cutmix_alpha, lo, hi, seed=cutmix_seed)
+        mixup = MixUp(num_classes, 1.0, cfg.mixup_alpha, cfg.mixup_per_sample, seed=mixup_seed)
         return CutMixOrMixUp(cutmix, mixup, prob, cfg.switch_prob, seed=seed)
     raise ValueError(f"unknown regularizer '{cfg.name}'")
 

@@ -7,6 +7,7 @@ import ctypes
 import logging
 import platform
 import random
+import shutil
 import sys
 import time
 from dataclasses import asdict
@@ -22,8 +23,27 @@ from tqdm import tqdm
 from cutmix_runner import __version__, faults
 from cutmix_runner.checkpoint import atomic_write_json, load_checkpoint, save_checkpoint
 from cutmix_runner.config import RunConfig, StageConfig
-from cutmix_runner.data import Preprocess, Splits, build_splits, stratified_split, train_batches
-from cutmix_runner.metrics import MetricsLog, evaluate
+from cutmix_runner.data import (
+    Preprocess,
+    Splits,
+    build_splits,
+    steps_per_epoch,
+    stratified_split,
+    train_batches,
+)
+from cutmix_runner.metrics import (
+    EvalResult,
+    MetricsLog,
+    calibration,
+    evaluate,
+    fit_temperature,
+    flip_rate,
+    gaussian_noise,
+    per_class_accuracy,
+    predict,
+    reliability_bins,
+    translation,
+)
 from cutmix_runner.mixing import (
     Regularizer,
     build_regularizer,
@@ -93,6 +113,8 @@ def result_config(cfg: RunConfig) -> dict[str, Any]:
 def config_difference(old: Any, new: Any, prefix: str = "") -> str:
     """The first key whose value differs, as 'key: old -> new'; empty when equal."""
     if isinstance(old, dict) and isinstance(new, dict):
+        if set(old) == set(new) and list(old) != list(new):
+            return f"{prefix.rstrip('.')}: order {list(old)} -> {list(new)}"
         for key in list(old) + [k for k in new if k not in old]:
             diff = config_difference(old.get(key), new.get(key), f"{prefix}{key}.")
             if diff:
@@ -164,6 +186,7 @@ class Trainer:
         self.global_step = 0
         self.records: list[dict[str, Any]] = []  # every finished epoch's metrics, in order
         self.finished_stages: list[dict[str, Any]] = []
+        self.last_val_logits = torch.empty(0)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return torch.autocast(self.device.type, dtype=torch.bfloat16,
@@ -178,8 +201,8 @@ class Trainer:
         plan = plan_freeze(self.model, stage.unfreeze_blocks)
         apply_freeze(self.model, plan)
         optimizer = build_optimizer(self.model, plan, stage, cfg.optim)
-        steps_per_epoch = -(-len(self.data.train_x) // cfg.trainer.batch_size)
-        scheduler = build_scheduler(optimizer, stage, steps_per_epoch, cfg.optim.min_lr_ratio)
+        steps = steps_per_epoch(len(self.data.train_x), cfg.trainer.batch_size)
+        scheduler = build_scheduler(optimizer, stage, steps, cfg.optim.min_lr_ratio)
         regularizer = build_regularizer(stage.regularizer, self.data.num_classes,
                                         seed=cfg.trainer.seed * 1000 + index)
         plateau = Plateau(stage.patience, stage.min_delta)
@@ -187,7 +210,7 @@ class Trainer:
         if resume is not None:
             optimizer.load_state_dict(resume["optimizer"])
             scheduler.load_state_dict(resume["scheduler"])
-            regularizer.generator.set_state(resume["rng"]["regularizer"])
+            regularizer.set_rng_state(resume["rng"]["regularizer"])
             plateau.best, plateau.bad_epochs = resume["plateau"]
             first_epoch, seconds = resume["epoch"], resume["stage_seconds"]
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
@@ -217,7 +240,7 @@ class Trainer:
                 "stage_index": index, "stage": name, "epoch": epoch + 1,
                 "stage_end": record.get("stage_end"), "stage_seconds": seconds,
                 "plateau": (plateau.best, plateau.bad_epochs),
-                "rng": {"regularizer": regularizer.generator.get_state()},
+                "rng": {"regularizer": regularizer.rng_state()},
             }, record["val_accuracy"])
             if "stage_end" in record:
                 break
@@ -232,7 +255,7 @@ class Trainer:
         lr_start = {g["name"]: g["lr"] for g in optimizer.param_groups}
         batches = train_batches(self.data.train_x, self.data.train_y, cfg.trainer.batch_size,
                                 self.data_generator, cfg.data.pad, cfg.data.hflip)
-        total = -(-len(self.data.train_x) // cfg.trainer.batch_size)
+        total = steps_per_epoch(len(self.data.train_x), cfg.trainer.batch_size)
         bar = tqdm(batches, total=total, leave=False, disable=not self.progress,
                    desc=f"{name} {epoch + 1}/{stage.epochs}")
         smoothing = stage.regularizer.label_smoothing
@@ -268,6 +291,8 @@ class Trainer:
 
         val = self._evaluate(self.data.val_x, self.data.val_y)
         clean = self._evaluate(self.clean_x, self.clean_y)
+        self.last_val_logits = val.logits
+        diagnostics = self._diagnostics(val, self.data.val_x, self.data.val_y)
         self.global_epoch += 1
         record = {
             "stage": name, "stage_index": index, "epoch": epoch + 1,
@@ -276,6 +301,7 @@ class Trainer:
             "clean_train_accuracy": clean.accuracy, "clean_train_loss": clean.loss,
             "val_accuracy": val.accuracy, "val_loss": val.loss,
             "generalization_gap": clean.accuracy - val.accuracy,
+            **{f"val_{k}": v for k, v in diagnostics.items()},
             "regularizer": stage.regularizer.name, "reg_prob": regularizer.prob,
             "reg_min_area": regularizer.min_area, "reg_max_area": regularizer.max_area,
             "mixed_fraction": mixed_images / seen, "mean_lambda": lam_sum / seen,
@@ -287,9 +313,23 @@ class Trainer:
                  clean.accuracy, val.accuracy, record["images_per_second"])
         return record
 
-    def _evaluate(self, x: torch.Tensor, y: torch.Tensor) -> Any:
+    def _evaluate(self, x: torch.Tensor, y: torch.Tensor) -> EvalResult:
         return evaluate(self.model, x, y, self.preprocess, self.cfg.trainer.eval_batch_size,
                         self.autocast)
+
+    def _diagnostics(self, result: EvalResult, x: torch.Tensor, y: torch.Tensor,
+                     temperature: float | None = None) -> dict[str, float]:
+        """Calibration from the evaluation's own logits, plus flip rates on a fixed subset."""
+        tcfg = self.cfg.trainer
+        out = calibration(result.logits, y.cpu(), temperature)
+        n = min(tcfg.flip_subset, len(x))
+        clean = result.logits[:n]
+        for name, perturbed_x in (("noise", gaussian_noise(x[:n], tcfg.flip_noise_sigma, 11)),
+                                  ("shift", translation(x[:n], tcfg.flip_max_shift, 12))):
+            perturbed = predict(self.model, perturbed_x, self.preprocess, tcfg.eval_batch_size,
+                                self.autocast)
+            out[f"flip_rate_{name}"] = flip_rate(clean, perturbed)
+        return out
 
     def _checkpoint(self, stage_state: dict[str, Any], val_accuracy: float) -> None:
         """Write last.pt (and best.pt on a new best): everything needed to continue exactly."""
@@ -297,6 +337,7 @@ class Trainer:
             **stage_state, "format": CHECKPOINT_FORMAT, "model": self.model.state_dict(),
             "global_epoch": self.global_epoch, "global_step": self.global_step,
             "val_accuracy": val_accuracy, "config": result_config(self.cfg),
+            "precision": self.precision,
             "records": self.records, "finished_stages": self.finished_stages,
         }
         state["rng"] = {**stage_state["rng"], "python": random.getstate(),
@@ -325,6 +366,13 @@ class Trainer:
         diff = config_difference(state["config"], result_config(self.cfg))
         if diff:
             raise RunError(f"trainer.resume: {path} was made with a different config ({diff})")
+        if state.get("precision") != self.precision:
+            raise RunError(f"trainer.resume: {path} was trained in {state.get('precision')}, "
+                           f"this run would use {self.precision}; set trainer.precision")
+        source_best = path.parent / "best.pt"
+        if source_best.resolve() != (self.ckpt_dir / "best.pt").resolve() and source_best.exists():
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source_best, self.ckpt_dir / "best.pt")  # the best-so-far weights
         self.model.load_state_dict(state["model"])
         self.global_epoch, self.global_step = state["global_epoch"], state["global_step"]
         self.best = state["best"]
@@ -378,12 +426,24 @@ class Trainer:
     def finish(self) -> dict[str, Any]:
         """Evaluate on the test set once, and write summary.json."""
         final_test = self._evaluate(self.data.test_x, self.data.test_y)
-        best_test = final_test
+        best_test, val_logits = final_test, self.last_val_logits
         if self.best["global_epoch"] != self.global_epoch:
             self.model.load_state_dict(load_checkpoint(self.ckpt_dir / "best.pt")["model"])
             best_test = self._evaluate(self.data.test_x, self.data.test_y)
+            val_logits = self._evaluate(self.data.val_x, self.data.val_y).logits
+        elif len(val_logits) == 0:  # resumed after the last epoch: not kept in the checkpoint
+            val_logits = self._evaluate(self.data.val_x, self.data.val_y).logits
+        # Temperature fitted on validation, applied to test: no tuning on the test set.
+        temperature = fit_temperature(val_logits, self.data.val_y.cpu())
+        test_y = self.data.test_y.cpu()
+        classes, confusion = per_class_accuracy(best_test.logits, test_y, self.data.num_classes)
         summary = {
             "test_accuracy": best_test.accuracy, "test_loss": best_test.loss,
+            "test": {**self._diagnostics(best_test, self.data.test_x, self.data.test_y,
+                                         temperature),
+                     "per_class_accuracy": dict(zip(self.data.classes, classes, strict=True)),
+                     "reliability": reliability_bins(best_test.logits, test_y),
+                     "confusion_matrix": confusion},
             "final_test_accuracy": final_test.accuracy, "final_test_loss": final_test.loss,
             "best": self.best, "stages": self.finished_stages,
             "train_size": len(self.data.train_x), "val_size": len(self.data.val_x),

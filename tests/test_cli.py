@@ -37,6 +37,10 @@ def test_end_to_end_writes_every_artifact(smoke_run: Path) -> None:
                     "val_accuracy", "val_loss", "images_per_second", "seconds"):
             assert key in r, key
         assert 0.0 <= r["val_accuracy"] <= 1.0
+        for key in ("val_ece", "val_ece_temp_scaled", "val_temperature", "val_brier",
+                    "val_nll", "val_confidence_correct", "val_confidence_wrong",
+                    "val_flip_rate_noise", "val_flip_rate_shift"):
+            assert key in r, key
         assert set(r["lr_end"]) >= {"head/decay"}
     # Stage-1 has no CutMix; later stages do.
     assert all(r["mixed_fraction"] == 0 for r in records if r["stage"] == "head")
@@ -48,6 +52,10 @@ def test_end_to_end_writes_every_artifact(smoke_run: Path) -> None:
     summary = json.loads((out / "summary.json").read_text())
     for key in ("test_accuracy", "test_loss", "best", "stages", "device", "versions"):
         assert key in summary
+    test = summary["test"]
+    assert len(test["per_class_accuracy"]) == 10 and len(test["confusion_matrix"]) == 10
+    assert sum(map(sum, test["confusion_matrix"])) == summary["test_size"]
+    assert 0 <= test["ece"] <= 1 and test["temperature"] > 0
     assert [s["name"] for s in summary["stages"]] == ["head", "adapt", "late"]
     assert all(s["ended_by"] in ("epochs", "plateau", "gap") for s in summary["stages"])
     assert summary["best"]["val_accuracy"] == max(r["val_accuracy"] for r in records)
@@ -56,6 +64,23 @@ def test_end_to_end_writes_every_artifact(smoke_run: Path) -> None:
     assert best["stage"] == summary["best"]["stage"] and best["epoch"] == summary["best"]["epoch"]
     assert last["stage"] == "late" and last["global_epoch"] == len(records)
     assert "optimizer" in last and "model" in last
+
+
+def test_plateau_and_gap_triggers_end_stages_early(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    # head: validation accuracy cannot improve by 0.99, so patience 1 ends it after epoch 2;
+    # adapt: the gap (clean-train minus validation) always exceeds -0.99: it ends after epoch 1.
+    result = run_cli(*SMOKE, f"hydra.run.dir={out}", "schedule.stages.head.epochs=5",
+                     "schedule.stages.head.min_delta=0.99", "schedule.stages.adapt.epochs=4",
+                     "schedule.stages.adapt.max_gap=-0.99")
+    assert result.returncode == 0, result.stderr[-2000:]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    ends = [(r["stage"], r["epoch"], r.get("stage_end")) for r in records]
+    assert ends == [("head", 1, None), ("head", 2, "plateau"), ("adapt", 1, "gap"),
+                    ("late", 1, "epochs")]
+    summary = json.loads((out / "summary.json").read_text())
+    assert [(s["name"], s["epochs"], s["ended_by"]) for s in summary["stages"]] == [
+        ("head", 2, "plateau"), ("adapt", 1, "gap"), ("late", 1, "epochs")]
 
 
 def test_multirun_sweep_gives_each_run_its_own_directory(tmp_path: Path) -> None:
@@ -70,6 +95,13 @@ def test_multirun_sweep_gives_each_run_its_own_directory(tmp_path: Path) -> None
         records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
         probs.append(next(r["reg_prob"] for r in records if r["stage"] == "adapt"))
     assert sorted(probs) == [0.0, 0.3]
+    # The report groups the sweep by the swept key.
+    from cutmix_runner.report import build_report
+
+    text = build_report([sweep], tmp_path / "report").read_text()
+    assert "2 runs in 2 arms (arm key: schedule.stages.adapt.regularizer.prob)" in text
+    assert "### test ECE, 15 bins (%)" in text
+    assert (tmp_path / "report" / "reliability.png").exists()
 
 
 def _assert_one_line_error(result, pattern: str) -> None:
@@ -95,6 +127,13 @@ def test_bad_input_gets_one_line(args: tuple[str, ...], pattern: str, smoke_run:
     result = run_cli(*SMOKE, f"hydra.run.dir={tmp_path / 'run'}", *args)
     _assert_one_line_error(result, pattern)
     assert _tree_bytes(smoke_run) == before
+
+
+def test_output_directory_not_writable(tmp_path: Path) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    result = run_cli(*SMOKE, f"hydra.run.dir={blocker / 'run'}")
+    _assert_one_line_error(result, "Not a directory")
 
 
 def test_empty_stage_list(tmp_path: Path) -> None:

@@ -69,7 +69,7 @@ def test_killed_and_resumed_run_matches_uninterrupted(fault: str, reference: Pat
         assert torch.equal(ours[key], theirs[key]), key
     summary = json.loads((out / "summary.json").read_text())
     expected = json.loads((reference / "summary.json").read_text())
-    for key in ("test_accuracy", "test_loss", "best"):
+    for key in ("test_accuracy", "test_loss", "best", "test"):
         assert summary[key] == expected[key]
     assert [s["name"] for s in summary["stages"]] == ["head", "adapt", "late"]
 
@@ -81,6 +81,8 @@ def test_resume_from_a_path_into_a_new_directory(reference: Path, tmp_path: Path
     result = _run(second, f"trainer.resume={first}")
     assert result.returncode == 0, result.stderr[-2000:]
     assert _metrics(second) == _metrics(reference)
+    summary = json.loads((second / "summary.json").read_text())
+    assert summary["test"] == json.loads((reference / "summary.json").read_text())["test"]
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
