@@ -38,9 +38,11 @@ sweep: setup
 
 # One short run per regularizer preset on a 5,000-image stratified subset (README table).
 PRESETS ?= baseline,cutmix_staged,cutmix_from_start,mixup_staged,random_erasing_staged,cutmix_strong_late
+PRESETS_DIR := multirun/presets-$(shell date +%Y%m%d-%H%M%S)
 presets: setup
-	$(BIN)/cutmix-train -m data.root=$(DATA_ROOT) experiment=$(PRESETS) data.train_subset=5000 \
-		trainer.progress=false $(ARGS)
+	$(BIN)/cutmix-train -m data.root=$(DATA_ROOT) experiment=$(PRESETS) $(REPRO_DATA) \
+		trainer.progress=false hydra.sweep.dir=$(PRESETS_DIR) $(ARGS)
+	$(BIN)/cutmix-report $(PRESETS_DIR) --out $(PRESETS_DIR)/report
 
 # The claims study: five presets x three seeds on a 5,000-image subset (overfitting matters),
 # then the report into docs/results/. About 65 minutes on 2 CPU cores.

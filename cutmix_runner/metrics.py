@@ -95,7 +95,7 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
     with torch.enable_grad():
         optimizer.step(closure)
-    return float(log_t.exp())
+    return float(log_t.detach().exp())
 
 
 def calibration(logits: torch.Tensor, labels: torch.Tensor,

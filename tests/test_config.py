@@ -79,7 +79,7 @@ def test_bad_values_rejected_naming_the_key(override: str, key: str | None) -> N
 
 
 def test_ramped_values_are_checked_at_every_epoch() -> None:
-    with pytest.raises(ConfigError, match=r"late.regularizer.prob.*at stage epoch 2"):
+    with pytest.raises(ConfigError, match=r"late.regularizer.prob.*at stage epoch 3"):
         validate(_compose("schedule.stages.late.regularizer.ramp.kind=linear",
                           "schedule.stages.late.regularizer.ramp.prob_end=1.4"))
     with pytest.raises(ConfigError, match="prob_steps"):

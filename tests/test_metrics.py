@@ -88,14 +88,15 @@ class _Brightness(torch.nn.Module):
 
 
 def test_flip_rate_of_a_threshold_model_under_noise() -> None:
-    # Images right at the decision threshold flip under noise; images far from it do not.
-    x = torch.cat([torch.full((10, 3, 4, 4), 128, dtype=torch.uint8),
-                   torch.full((10, 3, 4, 4), 250, dtype=torch.uint8)])
-    clean = predict(_Brightness(), x, lambda b: b.float(), 7, torch.no_grad)
-    noisy = predict(_Brightness(), gaussian_noise(x, 0.05, seed=0), lambda b: b.float(), 7,
+    # Images 0.5 above the threshold flip when the mean of 48 noisy pixels (std 12.75 / sqrt(48)
+    # = 1.84) drops by 0.5: probability Phi(-0.27) = 0.39. Images far from it never flip.
+    x = torch.cat([torch.full((200, 3, 4, 4), 128, dtype=torch.uint8),
+                   torch.full((200, 3, 4, 4), 250, dtype=torch.uint8)])
+    clean = predict(_Brightness(), x, lambda b: b.float(), 64, torch.no_grad)
+    noisy = predict(_Brightness(), gaussian_noise(x, 0.05, seed=0), lambda b: b.float(), 64,
                     torch.no_grad)
-    rate = flip_rate(clean, noisy)
-    assert 0.1 <= rate <= 0.5
+    assert flip_rate(clean[200:], noisy[200:]) == 0.0
+    assert 0.29 <= flip_rate(clean[:200], noisy[:200]) <= 0.49
 
 
 def test_flip_rate_counts_changed_predictions() -> None:

@@ -99,11 +99,14 @@ def test_mixed_targets_match_loss_from_cutmix() -> None:
     out = mixer(x, y)
     assert out.targets.sum(-1).allclose(torch.ones(7))
     logits = torch.randn(7, 10)
-    partner_labels = out.targets.clone()
-    partner_labels[torch.arange(7), y] -= out.lam
-    # Rows either carry (1 - lam) on one partner label or, when paired with themselves, nothing.
-    y2 = torch.where(partner_labels.max(-1).values > 1e-6, partner_labels.argmax(-1), y)
-    expected = out.lam * F.cross_entropy(logits, y) + (1 - out.lam) * F.cross_entropy(logits, y2)
+    own = out.targets[torch.arange(7), y]
+    # The rest of each row sits on one partner label (or nowhere, for self-pairs).
+    rest = out.targets.clone()
+    rest[torch.arange(7), y] = 0
+    y2 = torch.where(rest.max(-1).values > 0, rest.argmax(-1), y)
+    ce1 = F.cross_entropy(logits, y, reduction="none")
+    ce2 = F.cross_entropy(logits, y2, reduction="none")
+    expected = (own * ce1 + (1 - own) * ce2).mean()
     assert soft_target_cross_entropy(logits, out.targets).item() == pytest.approx(
         expected.item(), rel=1e-5)
 
@@ -123,21 +126,23 @@ def test_mixup_targets_and_loss() -> None:
 
     torch.manual_seed(0)
     x = torch.randn(6, 3, 8, 8)
-    y = torch.tensor([0, 1, 2, 3, 4, 0])
-    mixup = MixUp(num_classes=5, prob=1.0, alpha=0.4, seed=2)
+    y = torch.arange(6)
+    mixup = MixUp(num_classes=6, prob=1.0, alpha=0.4, seed=2)
     out = mixup(x, y)
     assert out.mixed and 0 < out.lam < 1
     assert out.targets.sum(-1).allclose(torch.ones(6))
+    # One batch lambda; images paired with themselves keep their whole label.
+    own = out.targets[torch.arange(6), y]
+    lam = float(own[own < 1][0])
     # Recover the partner of each image from the pixels: x_mixed = lam*x + (1-lam)*x[j].
-    lam = out.lam
     for i in range(6):
         candidates = [j for j in range(6)
                       if torch.allclose(out.images[i], lam * x[i] + (1 - lam) * x[j], atol=1e-5)]
         assert candidates, i
         j = candidates[0]
-        expected = lam * F.one_hot(y[i], 5).float() + (1 - lam) * F.one_hot(y[j], 5).float()
+        expected = lam * F.one_hot(y[i], 6).float() + (1 - lam) * F.one_hot(y[j], 6).float()
         assert out.targets[i].allclose(expected, atol=1e-6)
-    logits = torch.randn(6, 5)
+    logits = torch.randn(6, 6)
     y2 = torch.tensor([next(j for j in range(6) if torch.allclose(
         out.images[i], lam * x[i] + (1 - lam) * x[j], atol=1e-5)) for i in range(6)])
     expected_loss = lam * F.cross_entropy(logits, y) + (1 - lam) * F.cross_entropy(logits, y[y2])
@@ -186,9 +191,10 @@ def test_random_erasing_changes_only_the_box_and_keeps_one_hot_labels() -> None:
 def test_switch_picks_cutmix_at_the_configured_rate() -> None:
     from cutmix_runner.mixing import CutMixOrMixUp, MixUp
 
-    switch = CutMixOrMixUp(CutMix(10, seed=1), MixUp(10, seed=2), prob=0.8, switch_prob=0.3,
+    switch = CutMixOrMixUp(CutMix(64, seed=1), MixUp(64, seed=2), prob=0.8, switch_prob=0.3,
                            seed=3)
-    x, y = _images(4), torch.arange(4)
+    # 64 images: a batch whose every image is paired with itself (left unchanged) never occurs.
+    x, y = _images(64, size=8), torch.arange(64)
     mixed = sum(switch(x, y).mixed for _ in range(3000))
     assert abs(mixed / 3000 - 0.8) < 0.03
     assert abs(switch.cutmix_batches / mixed - 0.3) < 0.03
