@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import run_cli
+from tests.conftest import ROOT, run_cli
 
 # Smoke run: 200 synthetic images, batch 32 -> 7 steps per epoch; stages head (2 epochs,
 # steps 1-14), adapt (1 epoch, steps 15-21), late (1 epoch, steps 22-28).
@@ -123,3 +127,26 @@ def test_fresh_run_refuses_a_directory_that_holds_a_run(reference: Path) -> None
     result = _run(reference)
     assert result.returncode == 2 and "already holds a run" in result.stderr
     assert {p: p.read_bytes() for p in before} == before
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_keeps_last_epoch_and_says_how_to_resume(sig: int, reference: Path,
+                                                          tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cutmix_runner", *SMOKE, f"hydra.run.dir={out}",
+         "schedule.stages.late.epochs=30"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoints" / "last.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.5)
+    process.send_signal(sig)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in stderr
+    assert "interrupted" in lines[0] and "trainer.resume=auto" in lines[0]
+    last = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
+    assert last["global_epoch"] == len(_metrics(out)) >= 1
