@@ -114,6 +114,8 @@ def _assert_one_line_error(result, pattern: str) -> None:
 
 @pytest.mark.parametrize("args, pattern", [
     (("trainer.bach_size=4",), "bach_size"),
+    (("trainer.batch_size=many",), "trainer.batch_size"),
+    (("schedule.stages.late.regularizer.cutmix_alpha=0",), "cutmix_alpha: must be > 0"),
     (("schedule.stages.adapt.regularizer.prob=-0.5",), "schedule.stages.adapt.regularizer.prob"),
     (("schedule.stages.adapt.regularizer.min_area=0.9",), "min_area"),
     (("schedule.stages.adpt.epochs=3",), "adpt"),
@@ -150,10 +152,45 @@ def test_missing_data_folder_with_downloads_off(tmp_path: Path) -> None:
     _assert_one_line_error(result, "CIFAR-10 not found")
 
 
-def test_corrupt_data_file(tmp_path: Path) -> None:
+def _corrupt(folder: Path) -> None:
+    (folder / "data_batch_4").write_bytes(b"garbage")
+
+
+def _truncate(folder: Path) -> None:
+    raw = (folder / "data_batch_4").read_bytes()
+    (folder / "data_batch_4").write_bytes(raw[: len(raw) // 3])
+
+
+def _wrong_shape(folder: Path) -> None:
+    import pickle
+
+    import numpy as np
+
+    with open(folder / "data_batch_4", "wb") as f:
+        pickle.dump({"data": np.zeros((20, 1024), dtype=np.uint8), "labels": [0] * 20}, f)
+
+
+@pytest.mark.parametrize("damage, pattern", [(_corrupt, "corrupt CIFAR-10 file"),
+                                             (_truncate, "data_batch_4"),
+                                             (_wrong_shape, "expected data of shape (N, 3072)")])
+def test_bad_data_files(damage, pattern: str, smoke_run: Path, tmp_path: Path) -> None:
+    before = _tree_bytes(smoke_run)
     folder = tmp_path / "cifar" / "cifar-10-batches-py"
     write_cifar_folder(folder)
-    (folder / "data_batch_4").write_bytes(b"garbage")
+    damage(folder)
     result = run_cli("data=cifar10", "model=tiny", "trainer.progress=false",
                      f"data.root={folder.parent}", f"hydra.run.dir={tmp_path / 'run'}")
-    _assert_one_line_error(result, "data_batch_4")
+    _assert_one_line_error(result, pattern)
+    assert _tree_bytes(smoke_run) == before
+
+
+def test_weights_that_do_not_fit(smoke_run: Path, tmp_path: Path) -> None:
+    import timm
+    import torch
+
+    before = _tree_bytes(smoke_run)
+    path = tmp_path / "resnet.pt"
+    torch.save(timm.create_model("test_resnet").state_dict(), path)
+    result = run_cli(*SMOKE, f"model.weights={path}", f"hydra.run.dir={tmp_path / 'run'}")
+    _assert_one_line_error(result, "do not fit")
+    assert _tree_bytes(smoke_run) == before
