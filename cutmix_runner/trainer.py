@@ -85,8 +85,8 @@ def keep_freed_memory() -> bool:
     """Ask glibc to keep freed memory instead of returning it to the OS.
 
     Each training step frees and re-allocates the same large activation buffers; by default glibc
-    unmaps them and the next step page-faults them back in, which costs CPU runs a large share of
-    their time (see docs/benchmarks.md). Returns False where this is not glibc.
+    unmaps them and the next step page-faults them back in, which showed up as a large share of
+    system time in CPU runs here. Returns False where this is not glibc.
     """
     if sys.platform != "linux":
         return False
