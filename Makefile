@@ -45,7 +45,7 @@ presets: setup
 	$(BIN)/cutmix-report $(PRESETS_DIR) --out $(PRESETS_DIR)/report
 
 # The claims study: five presets x three seeds on a 5,000-image subset (overfitting matters),
-# then the report into docs/results/. About 65 minutes on 2 CPU cores.
+# then the report into docs/results/. About 65-90 minutes on 2 CPU cores.
 REPRO_ARMS ?= baseline,cutmix_from_start,cutmix_staged,mixup_staged,random_erasing_staged
 REPRO_SEEDS ?= 0,1,2
 REPRO_DIR := multirun/reproduce-$(shell date +%Y%m%d-%H%M%S)
