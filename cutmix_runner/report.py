@@ -21,9 +21,12 @@ from typing import Any
 
 import yaml
 
+from cutmix_runner.trainer import RESULT_NEUTRAL
+
 SEED_KEYS = {"trainer.seed"}
-NEUTRAL_PREFIXES = ("data.root", "data.download", "trainer.progress", "trainer.num_threads",
-                    "trainer.resume", "trainer.device", "trainer.eval_batch_size", "hydra.")
+# Keys that do not change results: the same list resume uses, plus Hydra's own settings.
+NEUTRAL_PREFIXES = tuple(f"{group}.{key}" for group, keys in RESULT_NEUTRAL.items()
+                         for key in keys) + ("hydra.",)
 
 # Two-sided 95 % Student t quantiles, df 1..30; beyond that the normal 1.96 is close enough.
 _T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
