@@ -35,6 +35,8 @@ class ModelConfig:
     # Input resolution; null means the backbone's own pretrained size.
     image_size: int | None = 64
     drop_rate: float = 0.2
+    # Pad depthwise convs before convolving: same model, much faster CPU backward (model.py).
+    explicit_depthwise_padding: bool = True
 
     def validate(self) -> None:
         _check(self.image_size is None or self.image_size >= 8, "model.image_size",
