@@ -260,6 +260,10 @@ class TrainerConfig:
     flip_subset: int = 1000
     flip_noise_sigma: float = 0.03
     flip_max_shift: int = 2
+    # Final test accuracy and loss on the mean logits of each image and its mirror (the summary
+    # also keeps the single-view numbers). Validation, model selection and the diagnostics
+    # always use the single view.
+    test_flip: bool = True
 
     def validate(self) -> None:
         _check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),

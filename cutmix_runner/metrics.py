@@ -52,6 +52,27 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     return EvalResult(loss, accuracy, len(y), logits)
 
 
+def evaluate_flip_averaged(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                           preprocess: Callable[[torch.Tensor], torch.Tensor], batch_size: int,
+                           autocast: Callable[[], Any],
+                           single_view_logits: torch.Tensor | None = None) -> EvalResult:
+    """Like `evaluate`, on the mean of the logits of each image and its mirror image.
+
+    Training flips images at random, so the mirror is an equally valid view; averaging the two
+    is the test-time augmentation airbench uses. Its logits are invariant to flipping `x`.
+    Pass `single_view_logits` when `x` was already evaluated, to skip that pass.
+    """
+    if single_view_logits is None:
+        single_view_logits = predict(model, x, preprocess, batch_size, autocast)
+    logits = (single_view_logits + predict(model, x.flip(-1), preprocess, batch_size, autocast)) / 2
+    y = y.cpu()
+    if len(y) == 0:
+        return EvalResult(0.0, 0.0, 0, logits)
+    loss = F.cross_entropy(logits, y).item()
+    accuracy = (logits.argmax(-1) == y).float().mean().item()
+    return EvalResult(loss, accuracy, len(y), logits)
+
+
 # ---------------------------------------------------------------- calibration and confidence
 
 

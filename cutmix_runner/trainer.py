@@ -36,6 +36,7 @@ from cutmix_runner.metrics import (
     MetricsLog,
     calibration,
     evaluate,
+    evaluate_flip_averaged,
     fit_temperature,
     flip_rate,
     gaussian_noise,
@@ -426,10 +427,12 @@ class Trainer:
     def finish(self) -> dict[str, Any]:
         """Evaluate on the test set once, and write summary.json."""
         final_test = self._evaluate(self.data.test_x, self.data.test_y)
-        best_test, val_logits = final_test, self.last_val_logits
+        final_headline = self._test_protocol(final_test)
+        best_test, best_headline, val_logits = final_test, final_headline, self.last_val_logits
         if self.best["global_epoch"] != self.global_epoch:
             self.model.load_state_dict(load_checkpoint(self.ckpt_dir / "best.pt")["model"])
             best_test = self._evaluate(self.data.test_x, self.data.test_y)
+            best_headline = self._test_protocol(best_test)
             val_logits = self._evaluate(self.data.val_x, self.data.val_y).logits
         elif len(val_logits) == 0:  # resumed after the last epoch: not kept in the checkpoint
             val_logits = self._evaluate(self.data.val_x, self.data.val_y).logits
@@ -438,13 +441,17 @@ class Trainer:
         test_y = self.data.test_y.cpu()
         classes, confusion = per_class_accuracy(best_test.logits, test_y, self.data.num_classes)
         summary = {
-            "test_accuracy": best_test.accuracy, "test_loss": best_test.loss,
+            "test_accuracy": best_headline.accuracy, "test_loss": best_headline.loss,
+            "test_protocol": "flip-averaged" if self.cfg.trainer.test_flip else "single view",
+            "test_accuracy_single_view": best_test.accuracy,
+            "test_loss_single_view": best_test.loss,
             "test": {**self._diagnostics(best_test, self.data.test_x, self.data.test_y,
                                          temperature),
                      "per_class_accuracy": dict(zip(self.data.classes, classes, strict=True)),
                      "reliability": reliability_bins(best_test.logits, test_y),
                      "confusion_matrix": confusion},
-            "final_test_accuracy": final_test.accuracy, "final_test_loss": final_test.loss,
+            "final_test_accuracy": final_headline.accuracy,
+            "final_test_loss": final_headline.loss,
             "best": self.best, "stages": self.finished_stages,
             "train_size": len(self.data.train_x), "val_size": len(self.data.val_x),
             "test_size": len(self.data.test_x), "image_size": self.image_size,
@@ -453,9 +460,19 @@ class Trainer:
             "total_seconds": round(time.perf_counter() - self.started, 2), "versions": versions(),
         }
         atomic_write_json(self.out_dir / "summary.json", summary)
-        log.info("test accuracy %.4f (best-val checkpoint, %s epoch %d), final weights %.4f",
-                 best_test.accuracy, self.best["stage"], self.best["epoch"], final_test.accuracy)
+        log.info("test accuracy %.4f %s (single view %.4f; best-val checkpoint, %s epoch %d), "
+                 "final weights %.4f", best_headline.accuracy, summary["test_protocol"],
+                 best_test.accuracy, self.best["stage"], self.best["epoch"],
+                 final_headline.accuracy)
         return summary
+
+    def _test_protocol(self, single_view: EvalResult) -> EvalResult:
+        """The headline test result: flip-averaged when `trainer.test_flip`, else as given."""
+        if not self.cfg.trainer.test_flip:
+            return single_view
+        return evaluate_flip_averaged(self.model, self.data.test_x, self.data.test_y,
+                                      self.preprocess, self.cfg.trainer.eval_batch_size,
+                                      self.autocast, single_view.logits)
 
     def _device_name(self) -> str:
         if self.device.type == "cuda":

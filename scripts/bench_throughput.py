@@ -33,8 +33,9 @@ def _timed(step, warmup: int, repeats: int) -> float:
 
 
 def bench_train(channels_last: bool, unfreeze_blocks: int, batch: int, size: int,
-                repeats: int) -> float:
-    model = build_model(ModelConfig(image_size=size), 10)
+                repeats: int, explicit_padding: bool = True) -> float:
+    model = build_model(ModelConfig(image_size=size, explicit_depthwise_padding=explicit_padding),
+                        10)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     plan = plan_freeze(model, unfreeze_blocks)
@@ -100,6 +101,13 @@ def main() -> None:
                             (1, "head + last block"), (0, "head only")):
         ips = bench_train(True, unfreeze, b, s, r)
         rows.append((f"train, {label}, channels_last", ips, ips / base))
+    # Side by side: the depthwise-padding fix (model.py) on and off, everything else equal.
+    for unfreeze, label in ((-1, "all blocks"), (5, "top 5 blocks"), (3, "top 3 blocks")):
+        builtin = bench_train(True, unfreeze, b, s, r, explicit_padding=False)
+        explicit = bench_train(True, unfreeze, b, s, r, explicit_padding=True)
+        rows.append((f"train, {label}, channels_last, conv-internal padding", builtin, 1.0))
+        rows.append((f"train, {label}, channels_last, explicit depthwise padding", explicit,
+                     explicit / builtin))
     eval_base = bench_eval(False, False, b, s, r)
     rows.append(("eval fp32, contiguous", eval_base, 1.0))
     for cl, bf, label in ((True, False, "eval fp32, channels_last"),

@@ -10,10 +10,12 @@ from cutmix_runner.config import ModelConfig, OptimConfig, StageConfig
 from cutmix_runner.mixing import one_hot, soft_target_cross_entropy
 from cutmix_runner.model import (
     ModelError,
+    PaddedDepthwiseConv2d,
     apply_freeze,
     build_model,
     map_packaged_weights,
     packaged_state_dict,
+    pad_depthwise_explicitly,
     plan_freeze,
     set_train_mode,
     split_parts,
@@ -113,3 +115,35 @@ def test_head_only_freezes_every_block_and_trains_classifier() -> None:
     assert all(torch.equal(after[k], before[k]) for k in after if k.startswith("blocks."))
     assert not torch.equal(after["classifier.weight"], before["classifier.weight"])
     assert not torch.equal(after["conv_head.weight"], before["conv_head.weight"])
+
+
+def test_explicit_depthwise_padding_gives_the_same_outputs_and_gradients() -> None:
+    torch.manual_seed(0)
+    for kernel, size in ((5, 2), (3, 2), (5, 4), (3, 9)):
+        builtin = torch.nn.Conv2d(6, 6, kernel, padding=kernel // 2, groups=6)
+        padded = torch.nn.Conv2d(6, 6, kernel, padding=kernel // 2, groups=6)
+        padded.load_state_dict(builtin.state_dict())
+        assert pad_depthwise_explicitly(padded) == 1
+        assert isinstance(padded, PaddedDepthwiseConv2d)
+        x = torch.randn(3, 6, size, size, requires_grad=True)
+        x2 = x.detach().clone().requires_grad_()
+        y1, y2 = builtin(x), padded(x2)
+        torch.testing.assert_close(y2, y1)
+        y1.square().sum().backward()
+        y2.square().sum().backward()
+        torch.testing.assert_close(padded.weight.grad, builtin.weight.grad)
+        torch.testing.assert_close(padded.bias.grad, builtin.bias.grad)
+        torch.testing.assert_close(x2.grad, x.grad)
+
+
+def test_explicit_padding_swaps_only_plain_depthwise_convs() -> None:
+    model = build_model(ModelConfig(name="tf_efficientnet_lite0", weights="none"), 10)
+    keys = list(model.state_dict())
+    swapped = [m for m in model.modules() if isinstance(m, PaddedDepthwiseConv2d)]
+    # lite0 has 16 depthwise convs; the 4 with stride 2 use timm's own dynamic "same" padding.
+    assert len(swapped) == 12
+    assert all(m.groups == m.in_channels and m.stride == (1, 1) for m in swapped)
+    off = build_model(ModelConfig(name="tf_efficientnet_lite0", weights="none",
+                                  explicit_depthwise_padding=False), 10)
+    assert not any(isinstance(m, PaddedDepthwiseConv2d) for m in off.modules())
+    assert list(off.state_dict()) == keys
