@@ -50,8 +50,10 @@ def test_end_to_end_writes_every_artifact(smoke_run: Path) -> None:
     ends = [r.get("stage_end") for r in records]
     assert ends[-1] == "epochs" and sum(e is not None for e in ends) == 3
     summary = json.loads((out / "summary.json").read_text())
-    for key in ("test_accuracy", "test_loss", "best", "stages", "device", "versions"):
+    for key in ("test_accuracy", "test_loss", "best", "stages", "device", "versions",
+                "test_accuracy_single_view", "test_loss_single_view"):
         assert key in summary
+    assert summary["test_protocol"] == "flip-averaged"  # trainer.test_flip defaults to true
     test = summary["test"]
     assert len(test["per_class_accuracy"]) == 10 and len(test["confusion_matrix"]) == 10
     assert sum(map(sum, test["confusion_matrix"])) == summary["test_size"]

@@ -10,6 +10,8 @@ import torch
 from cutmix_runner.metrics import (
     brier_score,
     calibration,
+    evaluate,
+    evaluate_flip_averaged,
     expected_calibration_error,
     fit_temperature,
     flip_rate,
@@ -125,3 +127,33 @@ def test_per_class_accuracy_and_confusion_matrix() -> None:
     accuracy, matrix = per_class_accuracy(logits, labels, 3)
     assert accuracy == pytest.approx([1.0, 0.5, 2 / 3])
     assert matrix == [[1, 0, 0], [1, 1, 0], [0, 1, 2]]
+
+
+class _LeftHalfModel(torch.nn.Module):
+    """Logits from the left and right halves of the image: a mirror swaps them."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = x.shape[-1] // 2
+        return torch.stack([x[..., :w].mean((1, 2, 3)), x[..., w:].mean((1, 2, 3))], dim=1)
+
+
+def test_flip_averaged_evaluation_averages_the_mirror_logits() -> None:
+    import contextlib
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (12, 3, 4, 4), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 2, (12,), generator=g)
+    model, pre = _LeftHalfModel(), (lambda t: t.float())
+    single = evaluate(model, x, y, pre, 5, contextlib.nullcontext)
+    averaged = evaluate_flip_averaged(model, x, y, pre, 5, contextlib.nullcontext)
+    mirrored = evaluate(model, x.flip(-1), y, pre, 5, contextlib.nullcontext)
+    torch.testing.assert_close(averaged.logits, (single.logits + mirrored.logits) / 2)
+    # This model's two views cancel: both logits become the whole-image mean.
+    torch.testing.assert_close(averaged.logits[:, 0], averaged.logits[:, 1])
+    # Invariant to mirroring the inputs, and reusing the single-view pass changes nothing.
+    flipped = evaluate_flip_averaged(model, x.flip(-1), y, pre, 5, contextlib.nullcontext)
+    torch.testing.assert_close(flipped.logits, averaged.logits)
+    reused = evaluate_flip_averaged(model, x, y, pre, 5, contextlib.nullcontext, single.logits)
+    torch.testing.assert_close(reused.logits, averaged.logits)
+    expected = (averaged.logits.argmax(-1) == y).float().mean().item()
+    assert averaged.accuracy == pytest.approx(expected) and averaged.count == 12
