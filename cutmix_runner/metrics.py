@@ -43,13 +43,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
              preprocess: Callable[[torch.Tensor], torch.Tensor], batch_size: int,
              autocast: Callable[[], Any]) -> EvalResult:
     """Clean cross entropy and accuracy."""
-    logits = predict(model, x, preprocess, batch_size, autocast)
-    y = y.cpu()
-    if len(y) == 0:
-        return EvalResult(0.0, 0.0, 0, logits)
-    loss = F.cross_entropy(logits, y).item()
-    accuracy = (logits.argmax(-1) == y).float().mean().item()
-    return EvalResult(loss, accuracy, len(y), logits)
+    return score(predict(model, x, preprocess, batch_size, autocast), y)
 
 
 def evaluate_flip_averaged(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -64,7 +58,12 @@ def evaluate_flip_averaged(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     """
     if single_view_logits is None:
         single_view_logits = predict(model, x, preprocess, batch_size, autocast)
-    logits = (single_view_logits + predict(model, x.flip(-1), preprocess, batch_size, autocast)) / 2
+    mirrored = predict(model, x.flip(-1), preprocess, batch_size, autocast)
+    return score((single_view_logits + mirrored) / 2, y)
+
+
+def score(logits: torch.Tensor, y: torch.Tensor) -> EvalResult:
+    """Cross entropy and accuracy of given logits."""
     y = y.cpu()
     if len(y) == 0:
         return EvalResult(0.0, 0.0, 0, logits)
