@@ -8,7 +8,6 @@ Config errors: Hydra normally prints its own multi-line report; we ask it to re-
 from __future__ import annotations
 
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -19,6 +18,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
+from cutmix_runner import interrupts
 from cutmix_runner.config import ConfigError, register_configs, validate
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
@@ -43,10 +43,10 @@ def train(cfg: DictConfig) -> float:
     from cutmix_runner.trainer import RunError, Trainer
 
     out_dir = Path(HydraConfig.get().runtime.output_dir)
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         run_cfg = validate(cfg)
-        summary = Trainer(run_cfg, out_dir).fit()
+        with interrupts.handled():
+            summary = Trainer(run_cfg, out_dir).fit()
     except (ConfigError, DataError, ModelError, RunError) as exc:
         fail(str(exc))
     except KeyboardInterrupt:
@@ -56,13 +56,7 @@ def train(cfg: DictConfig) -> float:
                  if last.exists() else "no epoch had finished, nothing to resume")
         print(f"cutmix-train: interrupted; {where}", file=sys.stderr)
         raise SystemExit(130) from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     return float(summary["best"]["val_accuracy"])
-
-
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 def _one_line(exc: BaseException) -> str:

@@ -20,7 +20,7 @@ import torch
 import torchvision
 from tqdm import tqdm
 
-from cutmix_runner import __version__, faults
+from cutmix_runner import __version__, faults, interrupts
 from cutmix_runner.checkpoint import atomic_write_json, load_checkpoint, save_checkpoint
 from cutmix_runner.config import RunConfig, StageConfig
 from cutmix_runner.data import (
@@ -281,6 +281,7 @@ class Trainer:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
             optimizer.step()
             scheduler.step()
+            interrupts.check()  # abandons the rest of the epoch; last.pt holds the previous one
             loss_sum += loss.item() * len(yb)
             seen += len(yb)
             mixed_images += mix.mixed_fraction * len(yb)
