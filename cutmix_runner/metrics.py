@@ -49,15 +49,13 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 def evaluate_flip_averaged(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                            preprocess: Callable[[torch.Tensor], torch.Tensor], batch_size: int,
                            autocast: Callable[[], Any],
-                           single_view_logits: torch.Tensor | None = None) -> EvalResult:
+                           single_view_logits: torch.Tensor) -> EvalResult:
     """Like `evaluate`, on the mean of the logits of each image and its mirror image.
 
     Training flips images at random, so the mirror is an equally valid view; averaging the two
-    is the test-time augmentation airbench uses. Its logits are invariant to flipping `x`.
-    Pass `single_view_logits` when `x` was already evaluated, to skip that pass.
+    is the test-time augmentation airbench uses. `single_view_logits` are `x`'s own logits,
+    already computed by the caller's single-view pass.
     """
-    if single_view_logits is None:
-        single_view_logits = predict(model, x, preprocess, batch_size, autocast)
     mirrored = predict(model, x.flip(-1), preprocess, batch_size, autocast)
     return score((single_view_logits + mirrored) / 2, y)
 

@@ -66,10 +66,10 @@ class PaddedDepthwiseConv2d(nn.Conv2d):
     """A depthwise conv that zero-pads its input itself, then convolves without padding.
 
     Same numbers, same parameter names. On CPU, oneDNN's weight gradient for a depthwise conv
-    with built-in padding takes a slow path on small feature maps (up to 40x slower at 2x2 and
-    4x4 with 5x5 kernels, the top blocks of EfficientNet at 64 px); with the padding done
-    beforehand it takes the fast one. The extra copy slows the forward pass, so it is only made
-    when a weight gradient will be computed. `make bench` measures the difference.
+    with built-in padding takes a slow path on small feature maps (2x2 and 4x4: the top blocks of
+    EfficientNet at 64 px); with the padding done beforehand it takes the fast one. The extra
+    copy slows the forward pass, so it is only made when a weight gradient will be computed.
+    `make bench` measures the difference.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -150,3 +150,22 @@ def test_interrupt_keeps_last_epoch_and_says_how_to_resume(sig: int, reference: 
     assert "interrupted" in lines[0] and "trainer.resume=auto" in lines[0]
     last = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
     assert last["global_epoch"] == len(_metrics(out)) >= 1
+
+
+def test_a_signal_requests_a_stop_and_a_second_one_stops_at_once() -> None:
+    import os
+    import signal
+
+    from cutmix_runner import interrupts
+
+    with interrupts.handled():
+        interrupts.check()  # nothing requested yet
+        os.kill(os.getpid(), signal.SIGINT)  # the handler runs before the next bytecode
+        with pytest.raises(KeyboardInterrupt):
+            interrupts.check()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):  # give the handler a bytecode boundary to run on
+                pass
+    with interrupts.handled():
+        interrupts.check()  # a new block starts with no request pending
