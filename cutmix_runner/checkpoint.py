@@ -1,39 +1,155 @@
-"""Atomic artifact writes: a kill at any instant leaves the previous good file readable."""
+"""The run state: one typed record of everything an exact resume needs, its atomic save and
+load, the format tag, the check that a checkpoint fits the config, and where to resume from.
+
+`checkpoints/last.pt` holds the state after the latest finished epoch; `checkpoints/best.pt` the
+same record at the epoch with the best validation accuracy. On disk a checkpoint is a plain dict
+(the record's fields plus "format"), so that `torch.load` alone can read its "model" weights.
+"""
 
 from __future__ import annotations
 
 import io
-import json
-import os
+import shutil
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from cutmix_runner import faults
+from cutmix_runner.artifacts import atomic_write_bytes
+from cutmix_runner.config import RunConfig, config_difference, result_config
+from cutmix_runner.errors import RunError
+
+FORMAT = "cutmix-runner/1"
+LAST, BEST = "last.pt", "best.pt"
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary sibling, fsync, then rename over the target."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    faults.during_write(path.name)
-    os.replace(tmp, path)
+@dataclass
+class RunState:
+    """A run after `global_epoch` finished epochs, `epoch` of them in stage `stage`."""
+
+    model: dict[str, torch.Tensor]
+    config: dict[str, Any]  # result_config: a resume must match it
+    precision: str
+    # The whole run.
+    global_epoch: int
+    global_step: int
+    best: dict[str, Any]  # val_accuracy, stage, stage_index, epoch, global_epoch of the best epoch
+    records: list[dict[str, Any]]  # every finished epoch's metrics, in order
+    finished_stages: list[dict[str, Any]]
+    rng: dict[str, Any]  # python, numpy, torch, cuda, data order, the stage's regularizer
+    # The current stage.
+    stage_index: int
+    stage: str
+    epoch: int
+    stage_end: str | None  # why the stage ended, or None while it goes on
+    stage_seconds: float
+    val_accuracy: float  # of this epoch
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    plateau: tuple[float, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, **{f.name: getattr(self, f.name) for f in fields(self)}}
+
+    @classmethod
+    def from_dict(cls, state: Any, path: Path, context: str = "trainer.resume") -> RunState:
+        names = [f.name for f in fields(cls)]
+        if (not isinstance(state, dict) or state.get("format") != FORMAT
+                or any(name not in state for name in names)):
+            raise RunError(f"{context}: {path} is not a cutmix-runner checkpoint")
+        return cls(**{name: state[name] for name in names})
 
 
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+@dataclass
+class Progress:
+    """The run-wide part of RunState, which the trainer carries from epoch to epoch."""
+
+    best: dict[str, Any] = field(default_factory=lambda: {"val_accuracy": -1.0})
+    global_epoch: int = 0
+    global_step: int = 0
+    records: list[dict[str, Any]] = field(default_factory=list)
+    finished_stages: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, state: RunState) -> Progress:
+        return cls(state.best, state.global_epoch, state.global_step, list(state.records),
+                   list(state.finished_stages))
+
+    def note_best(self, state: RunState) -> bool:
+        """Record `state`'s epoch as the best when its validation accuracy beats the best."""
+        if state.val_accuracy <= self.best["val_accuracy"]:
+            return False
+        self.best = {"val_accuracy": state.val_accuracy, "stage": state.stage,
+                     "stage_index": state.stage_index, "epoch": state.epoch,
+                     "global_epoch": state.global_epoch}
+        state.best = self.best
+        return True
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+def save(state: RunState, folder: Path, is_best: bool) -> None:
+    """Write best.pt (on a new best) and then last.pt, each atomically."""
+    data = _serialise(state)
+    if is_best:
+        atomic_write_bytes(folder / BEST, data)
+    atomic_write_bytes(folder / LAST, data)
+
+
+def _serialise(state: RunState) -> bytes:
     buffer = io.BytesIO()
-    torch.save(state, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    torch.save(state.to_dict(), buffer)
+    return buffer.getvalue()
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=False)
+def load(path: Path, context: str = "trainer.resume") -> RunState:
+    """Read a checkpoint; a missing, unreadable or foreign file is a RunError naming it, after
+    `context` (what asked for the checkpoint)."""
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError as exc:
+        raise RunError(f"{context}: no checkpoint at {path}") from exc
+    except Exception as exc:
+        raise RunError(f"{context}: {path} is not a readable checkpoint "
+                       f"({type(exc).__name__})") from exc
+    return RunState.from_dict(raw, path, context)
+
+
+def check_fits(state: RunState, cfg: RunConfig, precision: str, path: Path) -> None:
+    """A resume must run the same config (result-neutral keys aside) in the same precision."""
+    diff = config_difference(state.config, result_config(cfg))
+    if diff:
+        raise RunError(f"trainer.resume: {path} was made with a different config ({diff})")
+    if state.precision != precision:
+        raise RunError(f"trainer.resume: {path} was trained in {state.precision}, "
+                       f"this run would use {precision}; set trainer.precision")
+
+
+def resume_path(resume: str | None, folder: Path) -> Path | None:
+    """Which checkpoint `trainer.resume` names, for a run whose checkpoints go to `folder`.
+
+    null: none (a fresh run). auto: this run's last.pt if there is one, else none. A path: that
+    checkpoint, or that run directory's last.pt.
+    """
+    if resume is None:
+        return None
+    if resume == "auto":
+        path = folder / LAST
+        return path if path.exists() else None
+    path = Path(resume)
+    return path / "checkpoints" / LAST if path.is_dir() else path
+
+
+def adopt_best(source: Path, folder: Path) -> None:
+    """Resuming from another run's checkpoint: copy its best.pt, the best-so-far weights."""
+    source_best = source.parent / BEST
+    if source_best.resolve() != (folder / BEST).resolve() and source_best.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source_best, folder / BEST)
+
+
+def find_checkpoint(path: Path) -> Path:
+    """A checkpoint file, or a run directory's best.pt (its last.pt when there is no best)."""
+    if path.is_dir():
+        folder = path / "checkpoints"
+        return folder / BEST if (folder / BEST).exists() else folder / LAST
+    return path

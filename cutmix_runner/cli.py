@@ -19,7 +19,8 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from cutmix_runner import interrupts
-from cutmix_runner.config import ConfigError, register_configs, validate
+from cutmix_runner.config import register_configs, validate
+from cutmix_runner.errors import UserError
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 
@@ -38,16 +39,14 @@ def fail(message: str) -> NoReturn:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def train(cfg: DictConfig) -> float:
-    from cutmix_runner.data import DataError
-    from cutmix_runner.model import ModelError
-    from cutmix_runner.trainer import RunError, Trainer
+    from cutmix_runner.trainer import train as train_run  # torch loads after Hydra has parsed
 
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         run_cfg = validate(cfg)
         with interrupts.handled():
-            summary = Trainer(run_cfg, out_dir).fit()
-    except (ConfigError, DataError, ModelError, RunError) as exc:
+            summary = train_run(run_cfg, out_dir)
+    except UserError as exc:
         fail(str(exc))
     except KeyboardInterrupt:
         last = out_dir / "checkpoints" / "last.pt"

@@ -1,21 +1,37 @@
 """Structured config schema: every key the YAML tree may set, with types and value checks.
 
 Hydra merges the YAML files onto these dataclasses, so an unknown or misspelled key, or a value
-of the wrong type, fails at composition. Range checks live in each
-class's ``validate`` and run from the module-level ``validate``, before any training starts.
+of the wrong type, fails at composition. Range checks live in each class's ``validate`` and run
+from the module-level ``validate``, before any training starts. The names a key may take (a
+regularizer, an optimizer, a data set) come from the registries of the modules that build them,
+so adding an option is one entry in one file.
+
+This module imports no torch: the report uses its rules (which keys change results) on JSON alone.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from cutmix_runner.errors import ConfigError
 
-class ConfigError(ValueError):
-    """A config value that is well-typed but not allowed; the message names the key."""
+# Keys that do not change results: resume accepts a checkpoint with them changed, the report
+# ignores them when it groups runs into arms, and sweep directory names leave them out
+# (configs/train.yaml lists the same keys; tests/test_config.py checks that the two agree).
+RESULT_NEUTRAL: dict[str, tuple[str, ...]] = {
+    "trainer": ("resume", "progress", "device", "num_threads", "eval_batch_size",
+                "keep_freed_memory"),
+    "data": ("root", "download"),
+}
+
+
+def neutral_keys() -> list[str]:
+    """RESULT_NEUTRAL as dotted keys, e.g. 'trainer.resume'."""
+    return [f"{group}.{key}" for group, keys in RESULT_NEUTRAL.items() for key in keys]
 
 
 def _check(ok: bool, key: str, message: str) -> None:
@@ -30,7 +46,7 @@ def _check_prob(value: float, key: str) -> None:
 @dataclass
 class ModelConfig:
     name: str = "tf_efficientnet_lite0"
-    # packaged | timm | none | path to a state dict
+    # a key of model.WEIGHT_SOURCES (packaged | timm | none), or a path to a state dict
     weights: str = "packaged"
     # Input resolution; null means the backbone's own pretrained size.
     image_size: int | None = 64
@@ -46,7 +62,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    name: str = "cifar10"  # cifar10 | synthetic
+    name: str = "cifar10"  # a key of data.DATASETS: cifar10 | synthetic
     root: str = "data/cifar10"
     download: bool = False
     val_size: int = 5000
@@ -61,8 +77,6 @@ class DataConfig:
     synthetic_classes: int = 10
 
     def validate(self) -> None:
-        _check(self.name in ("cifar10", "synthetic"), "data.name",
-               f"must be 'cifar10' or 'synthetic', got '{self.name}'")
         _check(self.val_size >= 0, "data.val_size", f"must be >= 0, got {self.val_size}")
         _check(self.train_subset is None or self.train_subset > 0, "data.train_subset",
                f"must be positive or null, got {self.train_subset}")
@@ -70,7 +84,6 @@ class DataConfig:
         _check(self.synthetic_classes >= 2, "data.synthetic_classes", "must be at least 2")
 
 
-REGULARIZERS = ("none", "cutmix", "mixup", "random_erasing", "cutmix_or_mixup")
 RAMPS = ("constant", "linear", "step")
 
 
@@ -99,7 +112,8 @@ class RampConfig:
 class RegularizerConfig:
     """One stage's batch regularizer; see cutmix_runner/mixing.py for each kind."""
 
-    name: str = "none"  # none | cutmix | mixup | random_erasing | cutmix_or_mixup
+    # a key of mixing.REGULARIZERS: none | cutmix | mixup | random_erasing | cutmix_or_mixup
+    name: str = "none"
     # cutmix/mixup/cutmix_or_mixup: chance a batch is mixed; random_erasing: chance per image.
     prob: float = 0.0
     cutmix_alpha: float = 1.0  # Beta shape of the CutMix patch area within its bounds
@@ -136,8 +150,6 @@ class RegularizerConfig:
         return prob, lo, hi
 
     def validate(self, key: str, epochs: int) -> None:
-        _check(self.name in REGULARIZERS, f"{key}.name",
-               f"must be one of {', '.join(REGULARIZERS)}, got '{self.name}'")
         _check(self.cutmix_alpha > 0, f"{key}.cutmix_alpha",
                f"must be > 0, got {self.cutmix_alpha}")
         _check(self.mixup_alpha > 0, f"{key}.mixup_alpha", f"must be > 0, got {self.mixup_alpha}")
@@ -222,7 +234,7 @@ class ScheduleConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "adamw"  # adamw | sgd
+    name: str = "adamw"  # a key of optim.OPTIMIZERS: adamw | sgd
     weight_decay: float = 0.01
     momentum: float = 0.9  # sgd only
     # Cosine decays each stage's learning rates to this fraction of their peak.
@@ -230,8 +242,6 @@ class OptimConfig:
     grad_clip: float | None = None
 
     def validate(self) -> None:
-        _check(self.name in ("adamw", "sgd"), "optim.name",
-               f"must be 'adamw' or 'sgd', got '{self.name}'")
         _check(self.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
         _check(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]")
         _check(self.grad_clip is None or self.grad_clip > 0, "optim.grad_clip",
@@ -295,6 +305,55 @@ class RunConfig:
         self.trainer.validate()
 
 
+def option_names() -> dict[str, tuple[str, ...]]:
+    """The names each option family accepts, read from the registry of the module that builds it.
+
+    Imported here rather than at the top, so that reading the config rules needs no torch.
+    """
+    from cutmix_runner.data import DATASETS
+    from cutmix_runner.mixing import REGULARIZERS
+    from cutmix_runner.optim import OPTIMIZERS
+
+    return {"data.name": tuple(DATASETS), "optim.name": tuple(OPTIMIZERS),
+            "regularizer": tuple(REGULARIZERS)}
+
+
+def _check_choice(value: str, allowed: tuple[str, ...], key: str) -> None:
+    _check(value in allowed, key, f"must be one of {', '.join(allowed)}, got '{value}'")
+
+
+def check_options(run: RunConfig) -> None:
+    """Every named option exists in its registry."""
+    names = option_names()
+    _check_choice(run.data.name, names["data.name"], "data.name")
+    _check_choice(run.optim.name, names["optim.name"], "optim.name")
+    for stage_name, stage in run.schedule.stages.items():
+        _check_choice(stage.regularizer.name, names["regularizer"],
+                      f"schedule.stages.{stage_name}.regularizer.name")
+
+
+def result_config(cfg: RunConfig) -> dict[str, Any]:
+    """The config as a dict, without the keys that do not affect results."""
+    out = asdict(cfg)
+    for group, keys in RESULT_NEUTRAL.items():
+        for key in keys:
+            out[group].pop(key, None)
+    return out
+
+
+def config_difference(old: Any, new: Any, prefix: str = "") -> str:
+    """The first key whose value differs, as 'key: old -> new'; empty when equal."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        if set(old) == set(new) and list(old) != list(new):
+            return f"{prefix.rstrip('.')}: order {list(old)} -> {list(new)}"
+        for key in list(old) + [k for k in new if k not in old]:
+            diff = config_difference(old.get(key), new.get(key), f"{prefix}{key}.")
+            if diff:
+                return diff
+        return ""
+    return "" if old == new else f"{prefix.rstrip('.')}: {old!r} -> {new!r}"
+
+
 def register_configs() -> None:
     """Register the schema so that `configs/train.yaml` and each group are checked against it."""
     ConfigStore.instance().store(name="run_schema", node=RunConfig)
@@ -307,5 +366,11 @@ def validate(cfg: DictConfig | dict[str, Any]) -> RunConfig:
     merged = OmegaConf.merge(OmegaConf.structured(RunConfig), cfg)
     run = OmegaConf.to_object(merged)
     assert isinstance(run, RunConfig)
+    check_options(run)
     run.validate()
     return run
+
+
+def from_result_config(saved: dict[str, Any]) -> RunConfig:
+    """A checked RunConfig from a checkpoint's `result_config`; neutral keys take defaults."""
+    return validate(saved)

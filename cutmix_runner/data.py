@@ -1,22 +1,23 @@
-"""CIFAR-10 (and a synthetic stand-in) as whole-dataset uint8 tensors with batched augmentation.
+"""CIFAR-10 (and a synthetic stand-in) as whole-dataset uint8 tensors, split and batched.
 
-Everything stays in memory as one (N, 3, 32, 32) uint8 tensor on the training device; batches
-are sliced, augmented, resized and normalised in torch, with no per-image PIL work.
+Everything stays in memory as one (N, 3, 32, 32) uint8 tensor on the training device; an epoch
+is a shuffled sequence of index slices, augmented in torch by `transforms.py`.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from cutmix_runner.config import DataConfig
+from cutmix_runner.errors import DataError
+from cutmix_runner.transforms import random_hflip, random_translate
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_FILENAME = "cifar-10-python.tar.gz"
@@ -27,10 +28,6 @@ TEST_BATCH = "test_batch"
 TRAIN_COUNT, TEST_COUNT = 50000, 10000
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")
-
-
-class DataError(RuntimeError):
-    """Missing, corrupt or malformed data; the message says which file and how to fix it."""
 
 
 @dataclass
@@ -167,14 +164,40 @@ def stratified_split(labels: torch.Tensor, size: int,
     return chosen, mask.nonzero().flatten()
 
 
+@dataclass(frozen=True)
+class Dataset:
+    """One entry of DATASETS: how to load it and its class names (known without loading)."""
+
+    load: Callable[[DataConfig], tuple[torch.Tensor, ...]]  # -> train_x, train_y, test_x, test_y
+    classes: Callable[[DataConfig], tuple[str, ...]]
+
+
+def _cifar10(cfg: DataConfig) -> tuple[torch.Tensor, ...]:
+    return load_cifar10(os.path.expanduser(cfg.root), cfg.download)
+
+
+def _synthetic(cfg: DataConfig) -> tuple[torch.Tensor, ...]:
+    return make_synthetic(cfg.synthetic_train_size, cfg.synthetic_test_size, cfg.synthetic_classes)
+
+
+def _synthetic_classes(cfg: DataConfig) -> tuple[str, ...]:
+    return tuple(f"class_{i}" for i in range(cfg.synthetic_classes))
+
+
+# data.name -> its Dataset; config validation takes the allowed names from here.
+DATASETS: dict[str, Dataset] = {
+    "cifar10": Dataset(_cifar10, lambda cfg: CIFAR10_CLASSES),
+    "synthetic": Dataset(_synthetic, _synthetic_classes),
+}
+
+
+def class_names(cfg: DataConfig) -> tuple[str, ...]:
+    return DATASETS[cfg.name].classes(cfg)
+
+
 def build_splits(cfg: DataConfig) -> Splits:
-    if cfg.name == "synthetic":
-        tx, ty, sx, sy = make_synthetic(cfg.synthetic_train_size, cfg.synthetic_test_size,
-                                        cfg.synthetic_classes)
-        classes = tuple(f"class_{i}" for i in range(cfg.synthetic_classes))
-    else:
-        tx, ty, sx, sy = load_cifar10(os.path.expanduser(cfg.root), cfg.download)
-        classes = CIFAR10_CLASSES
+    """Train, validation (held out from the official training set) and test splits."""
+    tx, ty, sx, sy = DATASETS[cfg.name].load(cfg)
     val_idx, train_idx = stratified_split(ty, cfg.val_size, cfg.split_seed)
     if cfg.train_subset is not None:
         if cfg.train_subset > len(train_idx):
@@ -183,48 +206,11 @@ def build_splits(cfg: DataConfig) -> Splits:
         if cfg.train_subset < len(train_idx):
             keep, _ = stratified_split(ty[train_idx], cfg.train_subset, cfg.split_seed + 1)
             train_idx = train_idx[keep]
-    return Splits(tx[train_idx], ty[train_idx], tx[val_idx], ty[val_idx], sx, sy, classes)
+    return Splits(tx[train_idx], ty[train_idx], tx[val_idx], ty[val_idx], sx, sy,
+                  class_names(cfg))
 
 
-# ---------------------------------------------------------------- batching and augmentation
-
-
-class Preprocess:
-    """uint8 batch -> float batch at the model's resolution, normalised by the backbone's stats."""
-
-    def __init__(self, image_size: int, mean: tuple[float, ...], std: tuple[float, ...],
-                 channels_last: bool = False) -> None:
-        self.image_size = image_size
-        self.mean = torch.tensor(mean).view(1, 3, 1, 1) * 255
-        self.std = torch.tensor(std).view(1, 3, 1, 1) * 255
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float()
-        if x.shape[-1] != self.image_size:
-            x = F.interpolate(x, size=self.image_size, mode="bilinear", align_corners=False)
-        x = (x - self.mean.to(x.device)) / self.std.to(x.device)
-        return x.contiguous(memory_format=self.memory_format)
-
-
-def random_translate(x: torch.Tensor, pad: int, g: torch.Generator) -> torch.Tensor:
-    """Pad-and-crop for a whole batch at once: each image shifts by up to `pad` pixels."""
-    if pad == 0:
-        return x
-    n, _, h, w = x.shape
-    padded = F.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=g).to(x.device)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=g).to(x.device)
-    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
-    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
-    batch = torch.arange(n, device=x.device)[:, None, None, None]
-    chan = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
-    return padded[batch, chan, rows, cols]
-
-
-def random_hflip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    flip = (torch.rand(x.shape[0], generator=g) < 0.5).to(x.device)
-    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+# ---------------------------------------------------------------- batching
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:

@@ -13,6 +13,8 @@ import os
 import signal
 from collections import Counter
 
+import torch
+
 _writes: Counter[str] = Counter()
 
 
@@ -31,6 +33,11 @@ def at_step(kind: str, step: int) -> bool:
     if hit and kind == "kill_step":
         _kill()
     return hit
+
+
+def poison(loss: torch.Tensor, step: int) -> torch.Tensor:
+    """The loss, made non-finite when the fault nan_step is set for this global step."""
+    return loss * float("nan") if at_step("nan_step", step) else loss
 
 
 def during_write(name: str) -> None:

@@ -1,76 +1,10 @@
-"""Evaluation passes and the per-epoch metrics log."""
+"""Metrics computed from logits and labels: calibration (ECE via torchmetrics, temperature,
+Brier, confidence), reliability bins, flip rate and per-class accuracy. No model, no I/O."""
 
 from __future__ import annotations
 
-import json
-import os
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
-
 import torch
 import torch.nn.functional as F
-from torch import nn
-
-from cutmix_runner.checkpoint import atomic_write_bytes
-
-
-@dataclass
-class EvalResult:
-    loss: float
-    accuracy: float
-    count: int
-    logits: torch.Tensor  # float32, on the CPU: diagnostics are computed from the same pass
-
-
-@torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, preprocess: Callable[[torch.Tensor], torch.Tensor],
-            batch_size: int, autocast: Callable[[], Any]) -> torch.Tensor:
-    """Logits in eval mode; every module's own mode (frozen parts included) is restored."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    out = []
-    for start in range(0, len(x), batch_size):
-        with autocast():
-            out.append(model(preprocess(x[start:start + batch_size])).float().cpu())
-    for module, training in modes:
-        module.training = training
-    return torch.cat(out) if out else torch.empty(0)
-
-
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-             preprocess: Callable[[torch.Tensor], torch.Tensor], batch_size: int,
-             autocast: Callable[[], Any]) -> EvalResult:
-    """Clean cross entropy and accuracy."""
-    return score(predict(model, x, preprocess, batch_size, autocast), y)
-
-
-def evaluate_flip_averaged(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                           preprocess: Callable[[torch.Tensor], torch.Tensor], batch_size: int,
-                           autocast: Callable[[], Any],
-                           single_view_logits: torch.Tensor) -> EvalResult:
-    """Like `evaluate`, on the mean of the logits of each image and its mirror image.
-
-    Training flips images at random, so the mirror is an equally valid view; averaging the two
-    is the test-time augmentation airbench uses. `single_view_logits` are `x`'s own logits,
-    already computed by the caller's single-view pass.
-    """
-    mirrored = predict(model, x.flip(-1), preprocess, batch_size, autocast)
-    return score((single_view_logits + mirrored) / 2, y)
-
-
-def score(logits: torch.Tensor, y: torch.Tensor) -> EvalResult:
-    """Cross entropy and accuracy of given logits."""
-    y = y.cpu()
-    if len(y) == 0:
-        return EvalResult(0.0, 0.0, 0, logits)
-    loss = F.cross_entropy(logits, y).item()
-    accuracy = (logits.argmax(-1) == y).float().mean().item()
-    return EvalResult(loss, accuracy, len(y), logits)
-
-
-# ---------------------------------------------------------------- calibration and confidence
 
 
 def expected_calibration_error(logits: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
@@ -136,28 +70,6 @@ def calibration(logits: torch.Tensor, labels: torch.Tensor,
     }
 
 
-# ---------------------------------------------------------------- prediction stability
-
-
-def gaussian_noise(x: torch.Tensor, sigma: float, seed: int) -> torch.Tensor:
-    """`x` (0-255) plus noise of std `sigma` on the 0-1 scale; the same noise for the same seed."""
-    g = torch.Generator().manual_seed(seed)
-    noise = torch.randn(x.shape, generator=g).to(x.device) * sigma * 255
-    return (x.float() + noise).clamp(0, 255)
-
-
-def translation(x: torch.Tensor, max_shift: int, seed: int) -> torch.Tensor:
-    """Shift image i by 1..max_shift pixels on each axis (seeded sign and size), zero-filled."""
-    g = torch.Generator().manual_seed(seed)
-    n, _, h, w = x.shape
-    sizes = torch.randint(1, max_shift + 1, (2, n), generator=g)
-    signs = torch.randint(0, 2, (2, n), generator=g) * 2 - 1
-    dy, dx = (sizes * signs).tolist()
-    padded = F.pad(x, (max_shift,) * 4)
-    return torch.stack([padded[i, :, max_shift - dy[i]:max_shift - dy[i] + h,
-                               max_shift - dx[i]:max_shift - dx[i] + w] for i in range(n)])
-
-
 def flip_rate(clean_logits: torch.Tensor, perturbed_logits: torch.Tensor) -> float:
     """Fraction of images whose predicted class changes under the perturbation."""
     if len(clean_logits) == 0:
@@ -173,21 +85,3 @@ def per_class_accuracy(logits: torch.Tensor, labels: torch.Tensor,
     matrix = multiclass_confusion_matrix(logits.argmax(-1), labels, num_classes)
     totals = matrix.sum(1).clamp(min=1)
     return (matrix.diag() / totals).tolist(), matrix.tolist()
-
-
-class MetricsLog:
-    """metrics.jsonl: one JSON object per finished epoch, flushed and fsynced line by line."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def append(self, record: dict[str, Any]) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record, sort_keys=True) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-
-    def rewrite(self, records: list[dict[str, Any]]) -> None:
-        """Replace the file atomically with exactly these records (used on resume)."""
-        text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
-        atomic_write_bytes(self.path, text.encode())

@@ -12,7 +12,9 @@ them between epochs.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -265,25 +267,48 @@ class CutMixOrMixUp(Regularizer):
         return self.mixup.apply(images, targets)
 
 
+def _none(cfg: RegularizerConfig, num_classes: int, seed: int) -> Regularizer:
+    return Regularizer(num_classes, prob=0.0, seed=seed)
+
+
+def _cutmix(cfg: RegularizerConfig, num_classes: int, seed: int) -> Regularizer:
+    return CutMix(num_classes, cfg.prob, cfg.cutmix_alpha, cfg.min_area, cfg.max_area, seed=seed)
+
+
+def _mixup(cfg: RegularizerConfig, num_classes: int, seed: int) -> Regularizer:
+    return MixUp(num_classes, cfg.prob, cfg.mixup_alpha, cfg.mixup_per_sample, seed=seed)
+
+
+def _random_erasing(cfg: RegularizerConfig, num_classes: int, seed: int) -> Regularizer:
+    return RandomErasing(num_classes, cfg.prob, cfg.min_area, cfg.max_area, cfg.min_aspect,
+                         cfg.max_aspect, cfg.erase_fill, seed=seed)
+
+
+def _cutmix_or_mixup(cfg: RegularizerConfig, num_classes: int, seed: int) -> Regularizer:
+    # Independent streams for the two branches (seed + 1 would be the next stage's seed).
+    cutmix_seed, mixup_seed = np.random.SeedSequence(seed).generate_state(2).tolist()
+    cutmix = CutMix(num_classes, 1.0, cfg.cutmix_alpha, cfg.min_area, cfg.max_area,
+                    seed=cutmix_seed)
+    mixup = MixUp(num_classes, 1.0, cfg.mixup_alpha, cfg.mixup_per_sample, seed=mixup_seed)
+    return CutMixOrMixUp(cutmix, mixup, cfg.prob, cfg.switch_prob, seed=seed)
+
+
+# regularizer.name -> factory; config validation takes the allowed names from here.
+REGULARIZERS: dict[str, Callable[[RegularizerConfig, int, int], Regularizer]] = {
+    "none": _none,
+    "cutmix": _cutmix,
+    "mixup": _mixup,
+    "random_erasing": _random_erasing,
+    "cutmix_or_mixup": _cutmix_or_mixup,
+}
+
+
 def build_regularizer(cfg: RegularizerConfig, num_classes: int, seed: int) -> Regularizer:
-    """The regularizer a stage asks for, at its first epoch's values."""
+    """The regularizer a stage asks for, at its first epoch's values (`set_epoch_values` moves
+    them along the stage's ramp)."""
     prob, lo, hi = cfg.values_at(0, 1)
-    if cfg.name == "none":
-        return Regularizer(num_classes, prob=0.0, seed=seed)
-    if cfg.name == "cutmix":
-        return CutMix(num_classes, prob, cfg.cutmix_alpha, lo, hi, seed=seed)
-    if cfg.name == "mixup":
-        return MixUp(num_classes, prob, cfg.mixup_alpha, cfg.mixup_per_sample, seed=seed)
-    if cfg.name == "random_erasing":
-        return RandomErasing(num_classes, prob, lo, hi, cfg.min_aspect, cfg.max_aspect,
-                             cfg.erase_fill, seed=seed)
-    if cfg.name == "cutmix_or_mixup":
-        # Independent streams for the two branches (seed + 1 would be the next stage's seed).
-        cutmix_seed, mixup_seed = np.random.SeedSequence(seed).generate_state(2).tolist()
-        cutmix = CutMix(num_classes, 1.0, cfg.cutmix_alpha, lo, hi, seed=cutmix_seed)
-        mixup = MixUp(num_classes, 1.0, cfg.mixup_alpha, cfg.mixup_per_sample, seed=mixup_seed)
-        return CutMixOrMixUp(cutmix, mixup, prob, cfg.switch_prob, seed=seed)
-    raise ValueError(f"unknown regularizer '{cfg.name}'")
+    start = dataclasses.replace(cfg, prob=prob, min_area=lo, max_area=hi)
+    return REGULARIZERS[cfg.name](start, num_classes, seed)
 
 
 def set_epoch_values(regularizer: Regularizer, cfg: RegularizerConfig, epoch: int,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,11 +12,8 @@ import torch
 from torch import nn
 
 from cutmix_runner.config import ModelConfig
-
-
-class ModelError(RuntimeError):
-    """Unknown backbone, or weights that do not fit it."""
-
+from cutmix_runner.errors import ModelError
+from cutmix_runner.transforms import Preprocess
 
 PACKAGED_BACKBONE = "tf_efficientnet_lite0"
 
@@ -97,22 +95,51 @@ def pad_depthwise_explicitly(model: nn.Module) -> int:
     return swapped
 
 
+def _packaged(cfg: ModelConfig, num_classes: int) -> nn.Module:
+    model = _create(cfg.name, False, 1000, cfg.drop_rate)
+    if cfg.name != PACKAGED_BACKBONE:
+        raise ModelError(f"model.weights=packaged holds {PACKAGED_BACKBONE} weights, "
+                         f"not {cfg.name}; use weights=timm, none or a path")
+    model.load_state_dict(map_packaged_weights(packaged_state_dict(), model.state_dict()))
+    model.reset_classifier(num_classes)
+    return model
+
+
+def _timm(cfg: ModelConfig, num_classes: int) -> nn.Module:
+    return _create(cfg.name, True, num_classes, cfg.drop_rate)
+
+
+def _random_init(cfg: ModelConfig, num_classes: int) -> nn.Module:
+    return _create(cfg.name, False, num_classes, cfg.drop_rate)
+
+
+def _from_file(cfg: ModelConfig, num_classes: int) -> nn.Module:
+    model = _random_init(cfg, num_classes)
+    load_state_dict_file(model, Path(cfg.weights))
+    return model
+
+
+# model.weights -> factory; any other value is a path to a state dict.
+WEIGHT_SOURCES: dict[str, Callable[[ModelConfig, int], nn.Module]] = {
+    "packaged": _packaged,
+    "timm": _timm,
+    "none": _random_init,
+}
+
+
 def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
     """Create the backbone, load its weights, and give it a fresh `num_classes` classifier."""
-    weights = cfg.weights
-    model = _create(cfg.name, weights == "timm", 1000 if weights == "packaged" else num_classes,
-                    cfg.drop_rate)
-    if weights == "packaged":
-        if cfg.name != PACKAGED_BACKBONE:
-            raise ModelError(f"model.weights=packaged holds {PACKAGED_BACKBONE} weights, "
-                             f"not {cfg.name}; use weights=timm, none or a path")
-        model.load_state_dict(map_packaged_weights(packaged_state_dict(), model.state_dict()))
-        model.reset_classifier(num_classes)
-    elif weights not in ("timm", "none"):
-        load_state_dict_file(model, Path(weights))
+    model = WEIGHT_SOURCES.get(cfg.weights, _from_file)(cfg, num_classes)
     if cfg.explicit_depthwise_padding:
         pad_depthwise_explicitly(model)
     return model
+
+
+def build_preprocess(model: nn.Module, cfg: ModelConfig, channels_last: bool) -> Preprocess:
+    """The model's input transform: resize to `model.image_size` (null: the backbone's native
+    size) and normalise by the backbone's pretrained statistics."""
+    mean, std, native_size = normalization(model)
+    return Preprocess(cfg.image_size or native_size, mean, std, channels_last)
 
 
 def load_state_dict_file(model: nn.Module, path: Path) -> None:
@@ -225,18 +252,3 @@ def set_train_mode(model: nn.Module, plan: FreezePlan) -> None:
     model.train()
     for module in plan.frozen:
         module.eval()
-
-
-def param_groups(model: nn.Module, plan: FreezePlan, lr_head: float, lr_backbone: float,
-                 weight_decay: float) -> list[dict]:
-    """Head and backbone groups of the trainable parameters; biases and norms get no decay."""
-    head_ids = {id(p) for m in plan.head for p in m.parameters()}
-    buckets: dict[tuple[str, str], list[nn.Parameter]] = {}
-    for p in model.parameters():
-        if p.requires_grad:
-            part = "head" if id(p) in head_ids else "backbone"
-            buckets.setdefault((part, "decay" if p.ndim > 1 else "no_decay"), []).append(p)
-    lrs = {"head": lr_head, "backbone": lr_backbone}
-    return [{"params": params, "lr": lrs[part], "name": f"{part}/{kind}",
-             "weight_decay": weight_decay if kind == "decay" else 0.0}
-            for (part, kind), params in sorted(buckets.items())]

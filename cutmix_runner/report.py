@@ -21,12 +21,11 @@ from typing import Any
 
 import yaml
 
-from cutmix_runner.trainer import RESULT_NEUTRAL
+from cutmix_runner.config import neutral_keys
 
 SEED_KEYS = {"trainer.seed"}
 # Keys that do not change results: the same list resume uses, plus Hydra's own settings.
-NEUTRAL_PREFIXES = tuple(f"{group}.{key}" for group, keys in RESULT_NEUTRAL.items()
-                         for key in keys) + ("hydra.",)
+NEUTRAL_PREFIXES = (*neutral_keys(), "hydra.")
 
 # Two-sided 95 % Student t quantiles, df 1..30; beyond that the normal 1.96 is close enough.
 _T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,

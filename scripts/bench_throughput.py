@@ -12,18 +12,31 @@ import argparse
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from cutmix_runner.config import ModelConfig, OptimConfig, StageConfig
-from cutmix_runner.data import Preprocess, random_hflip, random_translate
-from cutmix_runner.mixing import CutMix, soft_target_cross_entropy
-from cutmix_runner.model import apply_freeze, build_model, plan_freeze, set_train_mode
-from cutmix_runner.stages import build_optimizer
+from cutmix_runner import build
+from cutmix_runner.config import (
+    ModelConfig,
+    RegularizerConfig,
+    RunConfig,
+    StageConfig,
+    TrainerConfig,
+)
+from cutmix_runner.data import Splits, train_batches
+from cutmix_runner.evaluation import predict
+from cutmix_runner.mixing import CutMix
+from cutmix_runner.model import build_model, set_train_mode
+from cutmix_runner.runtime import Runtime
+from cutmix_runner.step import train_step
+from cutmix_runner.transforms import Preprocess, random_hflip, random_translate
+
+CPU_FP32 = Runtime(torch.device("cpu"), "fp32")
 
 
-def _timed(step, warmup: int, repeats: int) -> float:
+def _timed(step: Callable[[], object], warmup: int, repeats: int) -> float:
     for _ in range(warmup):
         step()
     start = time.perf_counter()
@@ -32,46 +45,44 @@ def _timed(step, warmup: int, repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
+def _random_splits(n: int) -> Splits:
+    x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8)
+    y = torch.randint(0, 10, (n,))
+    return Splits(x, y, x[:1], y[:1], x[:1], y[:1], tuple(str(i) for i in range(10)))
+
+
 def bench_train(channels_last: bool, unfreeze_blocks: int, batch: int, size: int,
                 repeats: int, explicit_padding: bool = True) -> float:
-    model = build_model(ModelConfig(image_size=size, explicit_depthwise_padding=explicit_padding),
-                        10)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(memory_format=fmt)
-    plan = plan_freeze(model, unfreeze_blocks)
-    apply_freeze(model, plan)
-    stage = StageConfig(unfreeze_blocks=unfreeze_blocks)
-    optimizer = build_optimizer(model, plan, stage, OptimConfig())
-    pre = Preprocess(size, (0.5,) * 3, (0.5,) * 3, channels_last)
-    mixer = CutMix(10, prob=1.0)
+    """Images/s of the run's own training step (step.train_step, built by build.stage_step):
+    uint8 batch -> translate, flip -> preprocess -> CutMix -> forward, loss, backward, update."""
+    cfg = RunConfig(model=ModelConfig(image_size=size,
+                                      explicit_depthwise_padding=explicit_padding),
+                    trainer=TrainerConfig(batch_size=batch, channels_last=channels_last))
+    stage = StageConfig(unfreeze_blocks=unfreeze_blocks,
+                        regularizer=RegularizerConfig(name="cutmix", prob=1.0))
+    data = _random_splits(batch)
+    model, preprocess = build.model_and_preprocess(cfg, data.num_classes, CPU_FP32.device)
+    plan, step = build.stage_step(model, cfg, 0, stage, data, preprocess, CPU_FP32)
+    set_train_mode(model, plan)
     g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8)
-    y = torch.randint(0, 10, (batch,))
 
-    def step() -> None:
-        set_train_mode(model, plan)
-        mix = mixer(pre(random_hflip(random_translate(x, 4, g), g)), y)
-        loss = soft_target_cross_entropy(model(mix.images), mix.targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    def one_step() -> None:
+        for xb, yb in train_batches(data.train_x, data.train_y, batch, g, cfg.data.pad,
+                                    cfg.data.hflip):
+            train_step(step, xb, yb)
 
-    return batch / _timed(step, 2, repeats)
+    return batch / _timed(one_step, 2, repeats)
 
 
-@torch.no_grad()
 def bench_eval(channels_last: bool, bf16: bool, batch: int, size: int, repeats: int) -> float:
-    model = build_model(ModelConfig(image_size=size), 10).eval()
+    """Images/s of the evaluation pass (evaluation.predict)."""
+    model = build_model(ModelConfig(image_size=size), 10)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     pre = Preprocess(size, (0.5,) * 3, (0.5,) * 3, channels_last)
     x = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8)
-
-    def step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            model(pre(x))
-
-    return batch / _timed(step, 1, repeats)
+    runtime = Runtime(torch.device("cpu"), "bf16" if bf16 else "fp32")
+    return batch / _timed(lambda: predict(model, x, pre, batch, runtime.autocast), 1, repeats)
 
 
 def bench_pipeline(batch: int, size: int, repeats: int) -> float:

@@ -8,27 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import run_cli, write_cifar_folder
-
-SMOKE = ("experiment=smoke", "trainer.progress=false")
+from tests.helpers import SMOKE, run_cli, write_cifar_folder
 
 
 def _tree_bytes(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("smoke") / "run"
-    result = run_cli(*SMOKE, f"hydra.run.dir={out}")
-    assert result.returncode == 0, result.stderr[-2000:]
-    return out
-
-
 def test_end_to_end_writes_every_artifact(smoke_run: Path) -> None:
-    out = smoke_run
-    assert (out / ".hydra" / "config.yaml").exists()
-    assert (out / ".hydra" / "overrides.yaml").exists()
+    out = smoke_run  # in-process; the CLI runs below check .hydra/ and cli.log
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["stage"] for r in records][-2:] == ["adapt", "late"]
     assert {r["stage"] for r in records} == {"head", "adapt", "late"}
@@ -76,6 +64,8 @@ def test_plateau_and_gap_triggers_end_stages_early(tmp_path: Path) -> None:
                      "schedule.stages.head.min_delta=0.99", "schedule.stages.adapt.epochs=4",
                      "schedule.stages.adapt.max_gap=-0.99")
     assert result.returncode == 0, result.stderr[-2000:]
+    for artifact in (".hydra/config.yaml", ".hydra/overrides.yaml", "cli.log"):
+        assert (out / artifact).exists(), artifact
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     ends = [(r["stage"], r["epoch"], r.get("stage_end")) for r in records]
     assert ends == [("head", 1, None), ("head", 2, "plateau"), ("adapt", 1, "gap"),

@@ -15,15 +15,13 @@ from cutmix_runner import data
 from cutmix_runner.config import DataConfig
 from cutmix_runner.data import (
     DataError,
-    Preprocess,
     build_splits,
     load_cifar10,
-    random_hflip,
-    random_translate,
     stratified_split,
     train_batches,
 )
-from tests.conftest import SHARED_CIFAR, write_cifar_folder
+from cutmix_runner.transforms import Preprocess, random_hflip, random_translate
+from tests.helpers import SHARED_CIFAR, write_cifar_folder
 
 
 def test_loads_a_folder_by_structure(cifar_folder: Path) -> None:

@@ -7,19 +7,16 @@ import math
 import pytest
 import torch
 
+from cutmix_runner.evaluation import evaluate, evaluate_flip_averaged, predict
 from cutmix_runner.metrics import (
     brier_score,
     calibration,
-    evaluate,
-    evaluate_flip_averaged,
     expected_calibration_error,
     fit_temperature,
     flip_rate,
-    gaussian_noise,
     per_class_accuracy,
-    predict,
-    translation,
 )
+from cutmix_runner.transforms import gaussian_noise, translation
 
 
 def _logits_for(probabilities: list[list[float]]) -> torch.Tensor:

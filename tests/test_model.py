@@ -20,7 +20,7 @@ from cutmix_runner.model import (
     set_train_mode,
     split_parts,
 )
-from cutmix_runner.stages import build_optimizer
+from cutmix_runner.optim import build_optimizer
 
 
 def test_packaged_weights_load_with_every_tensor_matched() -> None:

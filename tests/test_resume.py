@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import ROOT, run_cli
+from tests.helpers import ROOT, run_cli
 
 # Smoke run: 200 synthetic images, batch 32 -> 7 steps per epoch; stages head (2 epochs,
 # steps 1-14), adapt (1 epoch, steps 15-21), late (1 epoch, steps 22-28).
@@ -45,11 +45,9 @@ def _run(out: Path, *extra: str, fault: str | None = None):
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("reference") / "run"
-    result = _run(out)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return out
+def reference(smoke_run: Path) -> Path:
+    """The uninterrupted run: the in-process smoke run, with the same overrides as SMOKE."""
+    return smoke_run
 
 
 @pytest.mark.parametrize("fault", [

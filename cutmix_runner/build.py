@@ -1,0 +1,79 @@
+"""Config -> the objects a run trains: its data splits, its model and preprocessing, and each
+stage's training step (frozen parts, optimizer, LR schedule, regularizer).
+
+Every check that can fail on user input runs here, before any training time is spent.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cutmix_runner.config import RunConfig, StageConfig
+from cutmix_runner.data import Splits, build_splits, steps_per_epoch, stratified_split
+from cutmix_runner.errors import RunError
+from cutmix_runner.mixing import build_regularizer
+from cutmix_runner.model import (
+    FreezePlan,
+    apply_freeze,
+    build_model,
+    build_preprocess,
+    plan_freeze,
+)
+from cutmix_runner.optim import build_optimizer, build_scheduler
+from cutmix_runner.runtime import Runtime
+from cutmix_runner.step import TrainStep
+from cutmix_runner.transforms import Preprocess
+
+
+def data_splits(cfg: RunConfig, device: torch.device) -> Splits:
+    data = build_splits(cfg.data).to(device)
+    if cfg.trainer.batch_size > len(data.train_x):
+        raise RunError(f"trainer.batch_size={cfg.trainer.batch_size} is larger than the "
+                       f"training set ({len(data.train_x)} images)")
+    if len(data.val_x) == 0:
+        raise RunError("data.val_size=0: a validation split is needed for model selection")
+    return data
+
+
+def clean_train_subset(data: Splits, cfg: RunConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed subset of the training split, scored clean each epoch for the generalization gap."""
+    size = min(cfg.trainer.clean_train_size, len(data.train_x) - 1)
+    index, _ = stratified_split(data.train_y.cpu(), size, cfg.data.split_seed + 2)
+    index = index.to(data.train_x.device)
+    return data.train_x[index], data.train_y[index]
+
+
+def model_and_preprocess(cfg: RunConfig, num_classes: int,
+                         device: torch.device) -> tuple[nn.Module, Preprocess]:
+    model = build_model(cfg.model, num_classes)
+    # Check every stage's freeze depth now, not when the stage starts.
+    for name, stage in cfg.schedule.stages.items():
+        try:
+            plan_freeze(model, stage.unfreeze_blocks)
+        except Exception as exc:
+            raise RunError(f"schedule.stages.{name}.unfreeze_blocks: {exc}") from exc
+    preprocess = build_preprocess(model, cfg.model, cfg.trainer.channels_last)
+    memory_format = torch.channels_last if cfg.trainer.channels_last else torch.contiguous_format
+    model.to(device, memory_format=memory_format)
+    return model, preprocess
+
+
+def stage_step(model: nn.Module, cfg: RunConfig, index: int, stage: StageConfig,
+               data: Splits, preprocess: Preprocess,
+               runtime: Runtime) -> tuple[FreezePlan, TrainStep]:
+    """Freeze for the stage, then a fresh optimizer, LR schedule and regularizer for it.
+
+    The regularizer's seed depends on the training seed and the stage's index, so that arms which
+    differ only in one stage's regularizer share everything else.
+    """
+    plan = plan_freeze(model, stage.unfreeze_blocks)
+    apply_freeze(model, plan)
+    optimizer = build_optimizer(model, plan, stage, cfg.optim)
+    steps = steps_per_epoch(len(data.train_x), cfg.trainer.batch_size)
+    scheduler = build_scheduler(optimizer, stage, steps, cfg.optim.min_lr_ratio)
+    regularizer = build_regularizer(stage.regularizer, data.num_classes,
+                                    seed=cfg.trainer.seed * 1000 + index)
+    return plan, TrainStep(model, optimizer, scheduler, regularizer, preprocess,
+                           runtime.autocast, stage.regularizer.label_smoothing,
+                           cfg.optim.grad_clip)

@@ -1,0 +1,113 @@
+"""Where and how a run computes: device, precision, threads, allocator, seeds and RNG state,
+and the library versions a summary records.
+
+Later, the distributed rank and world size belong here too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import platform
+import random
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import timm
+import torch
+import torchvision
+
+from cutmix_runner import __version__
+from cutmix_runner.config import TrainerConfig
+from cutmix_runner.errors import RunError
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    precision: str  # "bf16" (autocast) or "fp32"
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The forward pass's precision context; a no-op in fp32."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16,
+                              enabled=self.precision == "bf16")
+
+    @property
+    def device_name(self) -> str:
+        if self.device.type == "cuda":
+            return torch.cuda.get_device_name(self.device)
+        return platform.processor() or platform.machine()
+
+
+def setup(cfg: TrainerConfig) -> Runtime:
+    """Apply the process-wide settings (threads, allocator, seeds) and resolve device/precision."""
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    if cfg.keep_freed_memory:
+        keep_freed_memory()
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    return Runtime(device, resolve_precision(cfg.precision, device))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RunError(f"trainer.device={name} but CUDA is not available; use cpu or auto")
+    return torch.device(name)
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """auto: bf16 autocast on CUDA; fp32 on CPU, where only some CPUs have native bf16."""
+    use_bf16 = name == "bf16" or (name == "auto" and device.type == "cuda")
+    return "bf16" if use_bf16 else "fp32"
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep freed memory instead of returning it to the OS.
+
+    Each training step frees and re-allocates the same large activation buffers; by default glibc
+    unmaps them and the next step page-faults them back in, which showed up as a large share of
+    system time in CPU runs here. Returns False where this is not glibc.
+    """
+    if sys.platform != "linux":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+        ok = libc.mallopt(m_mmap_threshold, 32 * 2**20)  # glibc's maximum
+        ok &= libc.mallopt(m_trim_threshold, 2**31 - 1)
+        ok &= libc.mallopt(m_top_pad, 256 * 2**20)
+        return bool(ok)
+    except (OSError, AttributeError):
+        return False
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def global_rng_state() -> dict[str, Any]:
+    """Python's, NumPy's, torch's and CUDA's global generators, for an exact resume."""
+    return {"python": random.getstate(), "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_global_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def versions() -> dict[str, str]:
+    return {"cutmix_runner": __version__, "python": platform.python_version(),
+            "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "timm": timm.__version__}

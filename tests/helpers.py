@@ -1,0 +1,66 @@
+"""Shared test helpers: paths, a fake CIFAR-10 folder, and the two ways to run the trainer
+(in this process through Hydra's compose API, or as a subprocess exactly as a user would)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_CIFAR = ROOT.parent / "shared" / "data" / "cifar10"
+CONFIG_DIR = str(ROOT / "configs")
+SMOKE = ("experiment=smoke", "trainer.progress=false")
+
+
+def write_cifar_folder(folder: Path, per_batch: int = 20, test: int = 20, seed: int = 0) -> None:
+    """A small folder in the cifar-10-batches-py format (counts are patched by the tests)."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in names:
+        n = test if name == "test_batch" else per_batch
+        entry = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                 "labels": [int(v) for v in np.arange(n) % 10]}
+        with open(folder / name, "wb") as f:
+            pickle.dump(entry, f)
+
+
+def compose(*overrides: str) -> Any:
+    """The composed `train` config, as `cutmix-train OVERRIDES...` would see it."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from cutmix_runner.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return hydra_compose("train", overrides=list(overrides))
+
+
+def train_in_process(out: Path, *overrides: str) -> dict[str, Any]:
+    """Run the trainer in this process into `out`; returns the summary. Torch's thread count is
+    restored afterwards, so that a `trainer.num_threads` override does not leak into other tests."""
+    import torch
+
+    from cutmix_runner.config import validate
+    from cutmix_runner.trainer import train
+
+    threads = torch.get_num_threads()
+    try:
+        return train(validate(compose(*overrides)), out)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def run_cli(*args: str, cwd: Path = ROOT, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run `python -m cutmix_runner` as a user would, without a TTY."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([sys.executable, "-m", "cutmix_runner", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)

@@ -1,0 +1,63 @@
+"""The run-state record: round trip, format check, config fit, and the resume-path rules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cutmix_runner import checkpoint
+from cutmix_runner.checkpoint import Progress, RunState
+from cutmix_runner.config import RunConfig, result_config
+from cutmix_runner.errors import RunError
+
+
+def _state(**changes: object) -> RunState:
+    fields = dict(model={}, config=result_config(RunConfig()), precision="fp32",
+                  global_epoch=3, global_step=30, best={"val_accuracy": 0.5},
+                  records=[{"epoch": 1}], finished_stages=[], rng={}, stage_index=1,
+                  stage="adapt", epoch=1, stage_end=None, stage_seconds=1.5,
+                  val_accuracy=0.6, optimizer={}, scheduler={}, plateau=(0.6, 0))
+    return RunState(**{**fields, **changes})
+
+
+def test_save_and_load_round_trip_and_best_only_on_a_new_best(tmp_path: Path) -> None:
+    state = _state()
+    progress = Progress(best={"val_accuracy": 0.5})
+    checkpoint.save(state, tmp_path, is_best=progress.note_best(state))
+    assert (tmp_path / "best.pt").exists() and progress.best["stage"] == "adapt"
+    loaded = checkpoint.load(tmp_path / "last.pt")
+    assert loaded.best == progress.best and loaded.plateau == (0.6, 0)
+    assert Progress.of(loaded).global_step == 30
+    (tmp_path / "best.pt").unlink()
+    worse = _state(val_accuracy=0.1)
+    checkpoint.save(worse, tmp_path, is_best=progress.note_best(worse))
+    assert not (tmp_path / "best.pt").exists()
+
+
+def test_a_checkpoint_must_fit_the_config_and_precision(tmp_path: Path) -> None:
+    state = _state()
+    checkpoint.check_fits(state, RunConfig(), "fp32", tmp_path)
+    other = RunConfig()
+    other.trainer.seed = 4
+    with pytest.raises(RunError, match="trainer.seed: 0 -> 4"):
+        checkpoint.check_fits(state, other, "fp32", tmp_path)
+    neutral = RunConfig()
+    neutral.trainer.num_threads = 7  # result-neutral: accepted
+    checkpoint.check_fits(state, neutral, "fp32", tmp_path)
+    with pytest.raises(RunError, match="trained in fp32"):
+        checkpoint.check_fits(state, RunConfig(), "bf16", tmp_path)
+
+
+def test_resume_path_rules(tmp_path: Path) -> None:
+    folder = tmp_path / "run" / "checkpoints"
+    assert checkpoint.resume_path(None, folder) is None
+    assert checkpoint.resume_path("auto", folder) is None  # nothing yet: a fresh start
+    folder.mkdir(parents=True)
+    (folder / "last.pt").write_bytes(b"")
+    assert checkpoint.resume_path("auto", folder) == folder / "last.pt"
+    assert checkpoint.resume_path(str(tmp_path / "run"), tmp_path) == folder / "last.pt"
+    assert checkpoint.resume_path(str(folder / "best.pt"), tmp_path) == folder / "best.pt"
+    assert checkpoint.find_checkpoint(tmp_path / "run") == folder / "last.pt"
+    (folder / "best.pt").write_bytes(b"")
+    assert checkpoint.find_checkpoint(tmp_path / "run") == folder / "best.pt"
