@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA_ROOT ?= ../shared/data/cifar10
 ARGS ?=
 
-.PHONY: setup test test-all lint train sweep presets reproduce reproduce-full smoke bench clean
+.PHONY: setup test test-all lint train sweep presets reproduce reproduce-full smoke bench golden clean
 
 setup: $(BIN)/cutmix-train
 
@@ -68,6 +68,11 @@ smoke: setup
 
 bench: setup
 	$(BIN)/python scripts/bench_throughput.py --out docs/benchmarks.md
+
+# Re-record the smoke run's golden output (tests/golden/smoke). Only for an intended change of
+# results; say why in the commit. tests/test_golden.py compares every run of the suite with it.
+golden: setup
+	$(BIN)/python -m tests.golden --write
 
 clean:
 	rm -rf outputs multirun .pytest_cache .ruff_cache

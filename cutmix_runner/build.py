@@ -1,7 +1,8 @@
 """Config -> the objects a run trains: its data splits, its model and preprocessing, and each
 stage's training step (frozen parts, optimizer, LR schedule, regularizer).
 
-Every check that can fail on user input runs here, before any training time is spent.
+The checks on the data, the model and every stage's freeze depth run here, before any training
+time is spent (config values are checked earlier, by config.validate).
 """
 
 from __future__ import annotations

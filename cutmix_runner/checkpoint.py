@@ -71,6 +71,10 @@ class Progress:
     records: list[dict[str, Any]] = field(default_factory=list)
     finished_stages: list[dict[str, Any]] = field(default_factory=list)
 
+    def state_fields(self) -> dict[str, Any]:
+        """The RunState fields this holds (shallow: the lists are saved as they stand)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
     @classmethod
     def of(cls, state: RunState) -> Progress:
         return cls(state.best, state.global_epoch, state.global_step, list(state.records),

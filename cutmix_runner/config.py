@@ -11,6 +11,7 @@ This module imports no torch: the report uses its rules (which keys change resul
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -21,7 +22,7 @@ from cutmix_runner.errors import ConfigError
 
 # Keys that do not change results: resume accepts a checkpoint with them changed, the report
 # ignores them when it groups runs into arms, and sweep directory names leave them out
-# (configs/train.yaml lists the same keys; tests/test_config.py checks that the two agree).
+# (configs/train.yaml lists the same keys; tests/test_structure.py checks that they agree).
 RESULT_NEUTRAL: dict[str, tuple[str, ...]] = {
     "trainer": ("resume", "progress", "device", "num_threads", "eval_batch_size",
                 "keep_freed_memory"),
@@ -84,7 +85,6 @@ class DataConfig:
         _check(self.synthetic_classes >= 2, "data.synthetic_classes", "must be at least 2")
 
 
-RAMPS = ("constant", "linear", "step")
 
 
 @dataclass
@@ -106,6 +106,41 @@ class RampConfig:
     prob_steps: list[float] = field(default_factory=list)
     min_area_steps: list[float] = field(default_factory=list)
     max_area_steps: list[float] = field(default_factory=list)
+
+
+Values = tuple[float, float, float]  # (prob, min_area, max_area)
+
+
+def _constant(ramp: RampConfig, start: Values, epoch: int, epochs: int) -> Values:
+    return start
+
+
+def _linear(ramp: RampConfig, start: Values, epoch: int, epochs: int) -> Values:
+    t = epoch / (epochs - 1) if epochs > 1 else 0.0
+
+    def lerp(value: float, end: float | None) -> float:
+        return value if end is None else value + (end - value) * t
+
+    prob, lo, hi = start
+    return lerp(prob, ramp.prob_end), lerp(lo, ramp.min_area_end), lerp(hi, ramp.max_area_end)
+
+
+def _step(ramp: RampConfig, start: Values, epoch: int, epochs: int) -> Values:
+    prob, lo, hi = start
+    for i, at in enumerate(ramp.at):
+        if epoch + 1 >= at:
+            prob = ramp.prob_steps[i]
+            lo = ramp.min_area_steps[i] if ramp.min_area_steps else lo
+            hi = ramp.max_area_steps[i] if ramp.max_area_steps else hi
+    return prob, lo, hi
+
+
+# ramp.kind -> the stage's (prob, min_area, max_area) at a 0-based epoch.
+RAMPS: dict[str, Callable[[RampConfig, Values, int, int], Values]] = {
+    "constant": _constant,
+    "linear": _linear,
+    "step": _step,
+}
 
 
 @dataclass
@@ -131,23 +166,8 @@ class RegularizerConfig:
 
     def values_at(self, epoch: int, epochs: int) -> tuple[float, float, float]:
         """(prob, min_area, max_area) for 0-based `epoch` of a stage with `epochs` epochs."""
-        prob, lo, hi = self.prob, self.min_area, self.max_area
-        ramp = self.ramp
-        if ramp.kind == "linear":
-            t = epoch / (epochs - 1) if epochs > 1 else 0.0
-
-            def lerp(start: float, end: float | None) -> float:
-                return start if end is None else start + (end - start) * t
-
-            return (lerp(prob, ramp.prob_end), lerp(lo, ramp.min_area_end),
-                    lerp(hi, ramp.max_area_end))
-        if ramp.kind == "step":
-            for i, at in enumerate(ramp.at):
-                if epoch + 1 >= at:
-                    prob = ramp.prob_steps[i]
-                    lo = ramp.min_area_steps[i] if ramp.min_area_steps else lo
-                    hi = ramp.max_area_steps[i] if ramp.max_area_steps else hi
-        return prob, lo, hi
+        start = (self.prob, self.min_area, self.max_area)
+        return RAMPS[self.ramp.kind](self.ramp, start, epoch, epochs)
 
     def validate(self, key: str, epochs: int) -> None:
         _check(self.cutmix_alpha > 0, f"{key}.cutmix_alpha",
@@ -181,9 +201,6 @@ class RegularizerConfig:
             _check(0.0 <= hi <= 1.0, f"{key}.max_area", f"must be in [0, 1], got {hi:g}{where}")
             _check(lo <= hi, f"{key}.min_area",
                    f"must not exceed max_area ({lo:g} > {hi:g}){where}")
-
-
-STAGE_END_TRIGGERS = ("epochs", "plateau", "gap")
 
 
 @dataclass
@@ -366,8 +383,8 @@ def validate(cfg: DictConfig | dict[str, Any]) -> RunConfig:
     merged = OmegaConf.merge(OmegaConf.structured(RunConfig), cfg)
     run = OmegaConf.to_object(merged)
     assert isinstance(run, RunConfig)
-    check_options(run)
     run.validate()
+    check_options(run)
     return run
 
 

@@ -1,7 +1,7 @@
 """Test-only fault injection, so tests can kill a run at exact points or poison a loss.
 
 Off unless CUTMIX_RUNNER_FAULT is set, to one of:
-  kill_step:N          SIGKILL just before optimizer step N (counted over the whole run, from 1)
+  kill_step:N          SIGKILL just before training step N (counted over the whole run, from 1)
   kill_write:NAME:N    SIGKILL during the N-th atomic write of file NAME (temp file written,
                        not yet renamed into place)
   nan_step:N           make the loss of step N non-finite

@@ -52,6 +52,9 @@ def load_trained(path: Path | str, device: str | torch.device = "cpu") -> Traine
     architecture = dataclasses.replace(config.model, weights="none")
     model = build_model(architecture, len(classes))
     model.load_state_dict(state.model)
-    model.to(device).eval()
-    preprocess = build_preprocess(model, config.model, channels_last=False)
+    # The memory format it was trained and evaluated in: the same kernels, the same numbers.
+    channels_last = config.trainer.channels_last
+    model.to(device, memory_format=torch.channels_last if channels_last
+             else torch.contiguous_format).eval()
+    preprocess = build_preprocess(model, config.model, channels_last)
     return TrainedModel(model, preprocess, classes, preprocess.image_size, config, source)

@@ -1,9 +1,9 @@
 """The run's orchestration: config -> build -> stages of epochs -> evaluation -> artifacts.
 
-`train(cfg, out_dir)` builds a `Run` (build.py), trains stage by stage (each stage freezes, and
-gets a fresh optimizer, LR schedule and regularizer), writes a metrics line and a checkpoint
-after every epoch, and scores the test set once at the end. One function per phase; what a
-step, an evaluation or a checkpoint does lives in step.py, evaluation.py and checkpoint.py.
+`train(cfg, out_dir)` prepares a `Run` (with build.py), trains stage by stage (each stage
+freezes, and gets a fresh optimizer, LR schedule and regularizer), writes a metrics line and a
+checkpoint after every epoch, and scores the test set once at the end. One function per phase;
+what a step, an evaluation or a checkpoint does lives in step.py, evaluation.py and checkpoint.py.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ class Run:
     clean_train: tuple[torch.Tensor, torch.Tensor]
     data_order: torch.Generator  # shuffles and augments the training set, epoch after epoch
     started: float
+    metrics: MetricsLog
     progress: Progress = field(default_factory=Progress)
     last_val_logits: torch.Tensor = field(default_factory=lambda: torch.empty(0))
 
@@ -56,20 +57,17 @@ class Run:
         return self.out_dir / "checkpoints"
 
     @property
-    def metrics(self) -> MetricsLog:
-        return MetricsLog(self.out_dir / "metrics.jsonl")
-
-    @property
     def show_bars(self) -> bool:
         return self.cfg.trainer.progress and sys.stderr.isatty()
 
 
 def train(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
     """Build, train and test one run into `out_dir`; returns its summary."""
-    return fit(start(cfg, out_dir))
+    return fit(prepare(cfg, out_dir))
 
 
-def start(cfg: RunConfig, out_dir: Path) -> Run:
+def prepare(cfg: RunConfig, out_dir: Path) -> Run:
+    """Refuse a directory that holds a run, set up the runtime, build data and model."""
     started = time.perf_counter()  # total_seconds includes data loading and model set-up
     if cfg.trainer.resume is None and ((out_dir / "metrics.jsonl").exists()
                                        or (out_dir / "checkpoints").exists()):
@@ -81,7 +79,8 @@ def start(cfg: RunConfig, out_dir: Path) -> Run:
     return Run(cfg, out_dir, rt, data, model,
                Evaluator(model, preprocess, cfg.trainer, rt.autocast),
                build.clean_train_subset(data, cfg),
-               torch.Generator().manual_seed(cfg.trainer.seed), started)
+               torch.Generator().manual_seed(cfg.trainer.seed), started,
+               MetricsLog(out_dir / "metrics.jsonl"))
 
 
 def fit(run: Run) -> dict[str, Any]:
@@ -154,14 +153,15 @@ def run_stage(run: Run, index: int, name: str, stage: StageConfig,
                                              "ended_by": ended_by, "seconds": round(seconds, 2)})
         state = RunState(
             model=run.model.state_dict(), config=result_config(run.cfg),
-            precision=run.runtime.precision, **vars(progress),
+            precision=run.runtime.precision, **progress.state_fields(),
             rng={**runtime.global_rng_state(), "data": run.data_order.get_state(),
                  "regularizer": step.regularizer.rng_state()},
             stage_index=index, stage=name, epoch=epoch + 1, stage_end=ended_by,
             stage_seconds=seconds, val_accuracy=record["val_accuracy"],
             optimizer=step.optimizer.state_dict(), scheduler=step.scheduler.state_dict(),
             plateau=stage_end.state())
-        checkpoint.save(state, run.ckpt_dir, is_best=progress.note_best(state))
+        is_best = progress.note_best(state)  # before saving: both files record the new best
+        checkpoint.save(state, run.ckpt_dir, is_best)
         if ended_by is not None:
             log.info("stage '%s' ended by %s after %d epochs", name, ended_by, epoch + 1)
             return

@@ -96,12 +96,23 @@ def bench_pipeline(batch: int, size: int, repeats: int) -> float:
                          repeats * 5)
 
 
+def _cpu() -> str:
+    """The CPU's model name and the vector/matrix extensions that decide fp32 and bf16 speed."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines()
+                 if line.startswith("model name")), platform.machine())
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines()
+                      if line.startswith("flags")), []))
+    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return f"{name} ({', '.join(isa) or 'no AVX2'})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
     b, s, r = args.batch, args.size, args.repeats
 
@@ -128,14 +139,13 @@ def main() -> None:
     pipeline_ms = bench_pipeline(b, s, r)
 
     command = f"python scripts/bench_throughput.py --batch {b} --size {s} --repeats {r}"
-    cpu_flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    isa = "avx512" if "avx512f" in cpu_flags else ("avx2" if "avx2" in cpu_flags else "?")
     lines = [
         "# Benchmarks",
         "",
-        f"Made by `{command}` (or `make bench`) on {platform.machine()} "
-        f"({isa}), {torch.get_num_threads()} threads, torch {torch.__version__}, "
-        f"tf_efficientnet_lite0 at {s} px, batch {b}.",
+        f"Made by `{command}` (or `make bench`) on {_cpu()}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}, tf_efficientnet_lite0 at {s} px, batch {b}.",
+        "Training rows time the run's own `step.train_step` (built by `build.stage_step`, fed "
+        "by `data.train_batches`, CutMix on every batch); eval rows time `evaluation.predict`.",
         "Ratios compare rows of the same block, measured in the same run; absolute numbers "
         "vary with the host.",
         "",
