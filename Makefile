@@ -2,12 +2,23 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-DATA_ROOT ?= ../shared/data/cifar10
 ARGS ?=
+# CIFAR-10: this project's shared copy when it exists; otherwise data/cifar10 in the repository,
+# where the first run downloads the official archive (about 170 MB, MD5-checked) once. A
+# DATA_ROOT given by hand is used as it is, with downloads off.
+SHARED_CIFAR := ../shared/data/cifar10
+LOCAL_CIFAR := data/cifar10
+DATA_ROOT ?= $(if $(wildcard $(SHARED_CIFAR)),$(SHARED_CIFAR),$(LOCAL_CIFAR))
+DATA_ARGS := data.root=$(DATA_ROOT)$(if $(filter $(LOCAL_CIFAR),$(DATA_ROOT)), data.download=true)
 
-.PHONY: setup test test-all lint train sweep presets reproduce reproduce-full smoke bench golden clean
+.PHONY: help setup test test-all lint train sweep presets reproduce reproduce-full smoke bench golden clean
+.DEFAULT_GOAL := help
 
-setup: $(BIN)/cutmix-train
+help: ## list the targets (this text)
+	@grep -E '^[a-z-]+:.*## ' $(firstword $(MAKEFILE_LIST)) | \
+		awk 'BEGIN {FS = ":.*## "} {printf "  make %-15s %s\n", $$1, $$2}'
+
+setup: $(BIN)/cutmix-train ## create .venv (pip + venv) and install the package with its dev extras
 
 # torch/torchvision are pinned to the releases that pip takes from this machine's disk;
 # pyproject.toml itself only declares ranges.
@@ -19,28 +30,28 @@ $(BIN)/cutmix-train: pyproject.toml
 	@touch $@
 
 # The fast suite (slow tests deselected). Exit code 5 (no tests collected) fails too.
-test: setup
+test: setup ## the test suite without slow tests (synthetic data, a few minutes)
 	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
 
-test-all: setup
+test-all: setup ## every test, slow ones included
 	$(BIN)/python -m pytest -q $(ARGS)
 
-lint: setup
+lint: setup ## ruff
 	$(BIN)/ruff check .
 
 # The main job: the default staged schedule on CIFAR-10 (about 25 minutes on 2 CPU cores).
-train: setup
-	$(BIN)/cutmix-train data.root=$(DATA_ROOT) $(ARGS)
+train: setup ## the default staged run on CIFAR-10 (downloads it once if needed)
+	$(BIN)/cutmix-train $(DATA_ARGS) $(ARGS)
 
 # Two-point sweep over Stage-2's CutMix probability; each run gets its own directory.
-sweep: setup
-	$(BIN)/cutmix-train -m data.root=$(DATA_ROOT) schedule.stages.adapt.regularizer.prob=0,0.3 $(ARGS)
+sweep: setup ## two-point sweep over Stage-2's CutMix probability
+	$(BIN)/cutmix-train -m $(DATA_ARGS) schedule.stages.adapt.regularizer.prob=0,0.3 $(ARGS)
 
 # One short run per regularizer preset on a 5,000-image stratified subset (README table).
 PRESETS ?= baseline,cutmix_staged,cutmix_from_start,mixup_staged,random_erasing_staged,cutmix_strong_late
 PRESETS_DIR := multirun/presets-$(shell date +%Y%m%d-%H%M%S)
-presets: setup
-	$(BIN)/cutmix-train -m data.root=$(DATA_ROOT) experiment=$(PRESETS) $(REPRO_DATA) \
+presets: setup ## every preset once on a 5,000-image subset, then its report
+	$(BIN)/cutmix-train -m $(DATA_ARGS) experiment=$(PRESETS) $(REPRO_DATA) \
 		trainer.progress=false hydra.sweep.dir=$(PRESETS_DIR) $(ARGS)
 	$(BIN)/cutmix-report $(PRESETS_DIR) --out $(PRESETS_DIR)/report
 
@@ -51,28 +62,28 @@ REPRO_SEEDS ?= 0,1,2
 REPRO_DIR := multirun/reproduce-$(shell date +%Y%m%d-%H%M%S)
 REPRO_DATA ?= data.train_subset=5000 data.val_size=2000 trainer.clean_train_size=1000 \
 	trainer.flip_subset=500
-reproduce: setup
-	$(BIN)/cutmix-train -m data.root=$(DATA_ROOT) trainer.seed=$(REPRO_SEEDS) \
+reproduce: setup ## the claims study (5 presets x 3 seeds, subset) -> docs/results/
+	$(BIN)/cutmix-train -m $(DATA_ARGS) trainer.seed=$(REPRO_SEEDS) \
 		experiment=$(REPRO_ARMS) $(REPRO_DATA) trainer.progress=false hydra.sweep.dir=$(REPRO_DIR) $(ARGS)
 	$(BIN)/cutmix-report $(REPRO_DIR) --out docs/results
 
 # The same study on the full training set (hours on CPU, minutes on a GPU).
-reproduce-full: setup
-	$(BIN)/cutmix-train -m data.root=$(DATA_ROOT) trainer.seed=$(REPRO_SEEDS) \
+reproduce-full: setup ## the claims study on the full training set -> docs/results-full/
+	$(BIN)/cutmix-train -m $(DATA_ARGS) trainer.seed=$(REPRO_SEEDS) \
 		experiment=$(REPRO_ARMS) trainer.progress=false hydra.sweep.dir=$(REPRO_DIR)-full $(ARGS)
 	$(BIN)/cutmix-report $(REPRO_DIR)-full --out docs/results-full
 
 # Seconds-long end-to-end run on synthetic data.
-smoke: setup
+smoke: setup ## seconds-long end-to-end run on synthetic data
 	$(BIN)/cutmix-train experiment=smoke $(ARGS)
 
-bench: setup
+bench: setup ## CPU throughput side by side -> docs/benchmarks.md
 	$(BIN)/python scripts/bench_throughput.py --out docs/benchmarks.md
 
 # Re-record the smoke run's golden output (tests/golden/smoke). Only for an intended change of
 # results; say why in the commit. tests/test_golden.py compares every run of the suite with it.
-golden: setup
+golden: setup ## re-record the smoke run's golden output (intended changes only)
 	$(BIN)/python -m tests.golden --write
 
-clean:
+clean: ## remove outputs/, multirun/ and caches (not data/)
 	rm -rf outputs multirun .pytest_cache .ruff_cache

@@ -1,8 +1,10 @@
-"""`cutmix-train`: a Hydra main that turns user mistakes into one-line errors.
+"""`cutmix-train`: a Hydra main that turns user mistakes into one-line errors and ends every
+run by saying where it went and what to do next.
 
 Config errors: Hydra normally prints its own multi-line report; we ask it to re-raise
 (HYDRA_FULL_ERROR=1) and print the first meaningful line ourselves. Errors found inside the job
 (bad values, data, model) exit from the job with one line. Both exit with status 2.
+`--help` is ours (configs/hydra/help/cutmix_train.yaml); `--hydra-help` is Hydra's.
 """
 
 from __future__ import annotations
@@ -10,11 +12,13 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
@@ -55,7 +59,77 @@ def train(cfg: DictConfig) -> float:
                  if last.exists() else "no epoch had finished, nothing to resume")
         print(f"cutmix-train: interrupted; {where}", file=sys.stderr)
         raise SystemExit(130) from None
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        lines = [job_line(summary, out_dir, hydra_cfg.job.num)]
+    else:
+        lines = closing_summary(summary, out_dir)
+    print("\n".join(lines), file=sys.stderr)
     return float(summary["best"]["val_accuracy"])
+
+
+def _shown(path: Path) -> str:
+    """`path` relative to the working directory when it lies below it: shorter to copy."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _test_accuracy(summary: dict[str, Any]) -> str:
+    text = f"{100 * summary['test_accuracy']:.2f} % ({summary['test_protocol']})"
+    if summary["test_protocol"] != "single view":
+        text += f", {100 * summary['test_accuracy_single_view']:.2f} % single view"
+    return text
+
+
+def _duration(seconds: float) -> str:
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest:02d} s" if minutes else f"{rest} s"
+
+
+def closing_summary(summary: dict[str, Any], out_dir: Path) -> list[str]:
+    """The lines a finished run ends with: where it is, how it did, what to run next."""
+    run, best = _shown(out_dir), summary["best"]
+    return [
+        f"cutmix-train: finished in {_duration(summary['total_seconds'])}; run directory: {run}",
+        f"  test accuracy {_test_accuracy(summary)}",
+        f"  best epoch: {best['stage']} epoch {best['epoch']} (epoch {best['global_epoch']} of "
+        f"the run), validation accuracy {100 * best['val_accuracy']:.2f} %",
+        f"  next: cutmix-report {run} --out {run}/report",
+        f"        python -c \"from cutmix_runner.inference import load_trained; "
+        f"print(load_trained('{run}').classes)\"",
+    ]
+
+
+def job_line(summary: dict[str, Any], out_dir: Path, job: int) -> str:
+    """One line per job of a sweep."""
+    best = summary["best"]
+    return (f"cutmix-train: job {job} finished in {_duration(summary['total_seconds'])}: test "
+            f"{_test_accuracy(summary)}, best {best['stage']} epoch {best['epoch']}; "
+            f"{_shown(out_dir)}")
+
+
+class SweepSummary(Callback):
+    """After a sweep (-m): where its runs are, and the report command that compares them.
+
+    Registered under hydra.callbacks in configs/train.yaml.
+    """
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep = Path(config.hydra.sweep.dir)
+        finished = len(list(sweep.glob("*/summary.json")))
+        shown = _shown(sweep)
+        print(f"cutmix-train: sweep finished, {finished} runs in {shown}; compare them: "
+              f"cutmix-report {shown} --out {shown}/report", file=sys.stderr)
+
+
+def version_text() -> str:
+    from cutmix_runner.runtime import versions
+
+    v = versions()
+    return (f"cutmix-runner {v['cutmix_runner']} (python {v['python']}, torch {v['torch']}, "
+            f"torchvision {v['torchvision']}, timm {v['timm']})")
 
 
 def _one_line(exc: BaseException) -> str:
@@ -71,6 +145,9 @@ def _one_line(exc: BaseException) -> str:
 
 
 def main() -> None:
+    if "--version" in sys.argv[1:]:
+        print(version_text())
+        return
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         train()

@@ -6,6 +6,7 @@ is a shuffled sequence of index slices, augmented in torch by `transforms.py`.
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 from collections.abc import Callable, Iterator
@@ -19,9 +20,12 @@ from cutmix_runner.config import DataConfig
 from cutmix_runner.errors import DataError
 from cutmix_runner.transforms import random_hflip, random_translate
 
+log = logging.getLogger(__name__)
+
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_FILENAME = "cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+CIFAR10_MB = 170  # the archive's size (170,498,071 bytes), told to the user before downloading
 CIFAR10_FOLDER = "cifar-10-batches-py"
 TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
 TEST_BATCH = "test_batch"
@@ -67,6 +71,8 @@ def download_cifar10(root: str | Path) -> None:
     """Fetch and unpack the official archive; torchvision checks the official MD5."""
     from torchvision.datasets.utils import download_and_extract_archive
 
+    log.info("CIFAR-10 is not in %s: downloading the official archive once (%s, about %d MB, "
+             "MD5-checked) from %s", root, CIFAR10_FILENAME, CIFAR10_MB, CIFAR10_URL)
     try:
         download_and_extract_archive(CIFAR10_URL, download_root=str(root),
                                      filename=CIFAR10_FILENAME, md5=CIFAR10_MD5)

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import SMOKE, train_in_process, write_cifar_folder
+from tests.helpers import (
+    SMOKE,
+    ArchiveServer,
+    serve_fake_archive,
+    train_in_process,
+    write_cifar_folder,
+)
 
 
 @pytest.fixture
@@ -18,6 +25,13 @@ def cifar_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder = tmp_path / "cifar10" / "cifar-10-batches-py"
     write_cifar_folder(folder)
     return folder
+
+
+@pytest.fixture
+def archive_server(tmp_path: Path) -> Iterator[ArchiveServer]:
+    """A fake CIFAR-10 archive on the loopback interface; pair it with `cifar_folder`'s counts."""
+    with serve_fake_archive(tmp_path / "served") as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

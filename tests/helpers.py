@@ -3,10 +3,17 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import os
 import pickle
 import subprocess
 import sys
+import tarfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,3 +71,47 @@ def run_cli(*args: str, cwd: Path = ROOT, timeout: int = 300) -> subprocess.Comp
     env.pop("HYDRA_FULL_ERROR", None)
     return subprocess.run([sys.executable, "-m", "cutmix_runner", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+@dataclass
+class ArchiveServer:
+    """A fake CIFAR-10 archive served over HTTP on the loopback interface (no network here)."""
+
+    archive: Path
+    url: str
+    requests: list[str] = field(default_factory=list)  # paths of the GET requests received
+
+
+@contextmanager
+def serve_fake_archive(folder: Path) -> Iterator[ArchiveServer]:
+    """Write cifar-10-python.tar.gz (100 train + 20 test images) into `folder` and serve it."""
+    src = folder / "archive-src" / "cifar-10-batches-py"
+    write_cifar_folder(src)
+    archive = folder / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(src, arcname="cifar-10-batches-py")
+    requests: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (the standard library's name)
+            requests.append(self.path)
+            super().do_GET()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def handle(self) -> None:
+            try:
+                super().handle()
+            except BrokenPipeError:  # the client read the headers only (a redirect check)
+                pass
+
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Handler, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield ArchiveServer(archive, f"http://127.0.0.1:{server.server_address[1]}/{archive.name}",
+                            requests)
+    finally:
+        server.shutdown()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -82,6 +83,13 @@ def test_multirun_sweep_gives_each_run_its_own_directory(tmp_path: Path) -> None
     assert result.returncode == 0, result.stderr[-2000:]
     runs = sorted(p.parent for p in sweep.glob("*/summary.json"))
     assert len(runs) == 2
+    # One line per job, then where the sweep is and how to compare its runs.
+    jobs = [ln for ln in result.stderr.splitlines() if re.match(r"cutmix-train: job \d ", ln)]
+    assert len(jobs) == 2 and all(str(sweep) in ln and "test " in ln for ln in jobs)
+    assert result.stderr.splitlines()[-1] == (
+        f"cutmix-train: sweep finished, 2 runs in {sweep}; compare them: "
+        f"cutmix-report {sweep} --out {sweep}/report")
+    assert "Traceback" not in result.stderr
     probs = []
     for run in runs:
         records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]

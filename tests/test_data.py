@@ -1,11 +1,7 @@
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
 import pickle
-import tarfile
-import threading
 from pathlib import Path
 
 import pytest
@@ -21,7 +17,7 @@ from cutmix_runner.data import (
     train_batches,
 )
 from cutmix_runner.transforms import Preprocess, random_hflip, random_translate
-from tests.helpers import SHARED_CIFAR, write_cifar_folder
+from tests.helpers import SHARED_CIFAR, ArchiveServer
 
 
 def test_loads_a_folder_by_structure(cifar_folder: Path) -> None:
@@ -69,35 +65,13 @@ def test_wrong_counts(cifar_folder: Path, monkeypatch: pytest.MonkeyPatch) -> No
         load_cifar10(cifar_folder.parent)
 
 
-def _fake_archive(tmp_path: Path) -> Path:
-    src = tmp_path / "src" / "cifar-10-batches-py"
-    write_cifar_folder(src)
-    archive = tmp_path / "cifar-10-python.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(src, arcname="cifar-10-batches-py")
-    return archive
-
-
-@pytest.fixture
-def archive_server(tmp_path: Path):
-    """Serve a fake archive over HTTP on the loopback interface, standing in for the network."""
-    archive = _fake_archive(tmp_path)
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
-    handler.log_message = lambda *args: None  # type: ignore[assignment]
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield archive, f"http://127.0.0.1:{server.server_address[1]}/{archive.name}"
-    server.shutdown()
-
-
 def test_download_path_uses_torchvision_with_md5(tmp_path: Path, cifar_folder: Path,
-                                                 archive_server: tuple[Path, str],
+                                                 archive_server: ArchiveServer,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     # The official URL and MD5 are what real users get; a loopback server stands in here.
     assert data.CIFAR10_MD5 == "c58f30108f718f92721af3b95e74349a"
     assert data.CIFAR10_URL == "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-    archive, url = archive_server
+    archive, url = archive_server.archive, archive_server.url
     monkeypatch.setattr(data, "CIFAR10_URL", url)
     monkeypatch.setattr(data, "CIFAR10_MD5", hashlib.md5(archive.read_bytes()).hexdigest())
     root = tmp_path / "downloaded"
@@ -107,9 +81,9 @@ def test_download_path_uses_torchvision_with_md5(tmp_path: Path, cifar_folder: P
 
 
 def test_download_with_wrong_md5_fails_clearly(tmp_path: Path, cifar_folder: Path,
-                                               archive_server: tuple[Path, str],
+                                               archive_server: ArchiveServer,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(data, "CIFAR10_URL", archive_server[1])  # official MD5 kept
+    monkeypatch.setattr(data, "CIFAR10_URL", archive_server.url)  # official MD5 kept
     with pytest.raises(DataError, match="downloading CIFAR-10"):
         load_cifar10(tmp_path / "downloaded", download=True)
 
