@@ -26,7 +26,7 @@ $(BIN)/cutmix-train: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[dev,export]"
 	@touch $@
 
 # The fast suite (slow tests deselected). Exit code 5 (no tests collected) fails too.

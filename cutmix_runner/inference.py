@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+import yaml
 from torch import nn
 
 from cutmix_runner import checkpoint
 from cutmix_runner.config import RunConfig, from_result_config
-from cutmix_runner.data import class_names
+from cutmix_runner.data import build_splits, class_names
+from cutmix_runner.errors import DataError
 from cutmix_runner.evaluation import predict
 from cutmix_runner.model import build_model, build_preprocess
 from cutmix_runner.transforms import Preprocess
@@ -39,10 +43,13 @@ class TrainedModel:
                        contextlib.nullcontext)
 
 
-def load_trained(path: Path | str, device: str | torch.device = "cpu") -> TrainedModel:
+def load_trained(path: Path | str, device: str | torch.device = "cpu",
+                 explicit_depthwise_padding: bool | None = None) -> TrainedModel:
     """The model of a run directory (its best-validation checkpoint) or of a checkpoint file.
 
-    Raises RunError naming the path when it holds no usable cutmix-runner checkpoint.
+    `explicit_depthwise_padding` overrides the trained setting (same weights, same numbers; an
+    export wants plain convs). Raises RunError naming the path when it holds no usable
+    cutmix-runner checkpoint.
     """
     source = checkpoint.find_checkpoint(Path(path))
     state = checkpoint.load(source, context="model")
@@ -50,6 +57,8 @@ def load_trained(path: Path | str, device: str | torch.device = "cpu") -> Traine
     classes = class_names(config.data)
     # Every weight comes from the checkpoint: build the architecture only.
     architecture = dataclasses.replace(config.model, weights="none")
+    if explicit_depthwise_padding is not None:
+        architecture.explicit_depthwise_padding = explicit_depthwise_padding
     model = build_model(architecture, len(classes))
     model.load_state_dict(state.model)
     # The memory format it was trained and evaluated in: the same kernels, the same numbers.
@@ -58,3 +67,35 @@ def load_trained(path: Path | str, device: str | torch.device = "cpu") -> Traine
              else torch.contiguous_format).eval()
     preprocess = build_preprocess(model, config.model, channels_last)
     return TrainedModel(model, preprocess, classes, preprocess.image_size, config, source)
+
+
+def run_summary(source: Path) -> dict[str, Any] | None:
+    """summary.json of the run that holds checkpoint `source`, if the run finished."""
+    path = source.parent.parent / "summary.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def load_test_set(trained: TrainedModel, path: Path,
+                data_root: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The run's test split (uint8 images, labels), for checks on a trained model.
+
+    The data set's location is not part of a checkpoint (it does not change results): it comes
+    from `data_root`, else from the run directory's .hydra/config.yaml, else the default.
+    """
+    cfg = trained.config.data
+    root = data_root or _trained_data_root(checkpoint.find_checkpoint(path))
+    if root is not None:
+        cfg = dataclasses.replace(cfg, root=root)
+    try:
+        splits = build_splits(cfg)
+    except DataError as exc:
+        raise DataError(f"{exc} (the run's test images are needed; pass --data-root)") from exc
+    return splits.test_x, splits.test_y
+
+
+def _trained_data_root(source: Path) -> str | None:
+    hydra_config = source.parent.parent / ".hydra" / "config.yaml"
+    if not hydra_config.exists():
+        return None
+    saved = yaml.safe_load(hydra_config.read_text()) or {}
+    return (saved.get("data") or {}).get("root")

@@ -102,6 +102,7 @@ class Run:
     overrides: dict[str, str]
     summary: dict[str, Any]
     records: list[dict[str, Any]]
+    eval: dict[str, Any] | None = None  # eval/eval.json from cutmix-eval, when the run has one
     arm: str = ""
     scalars: dict[str, float] = field(default_factory=dict)
 
@@ -130,8 +131,10 @@ def load_runs(paths: list[Path]) -> list[Run]:
         overrides_file = run / ".hydra" / "overrides.yaml"
         raw = yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else []
         overrides = dict(o.lstrip("+~").split("=", 1) for o in raw or [] if "=" in o)
+        robustness = run / "eval" / "eval.json"
         runs.append(Run(run, overrides, json.loads((run / "summary.json").read_text()),
-                        _read_records(run / "metrics.jsonl")))
+                        _read_records(run / "metrics.jsonl"),
+                        json.loads(robustness.read_text()) if robustness.exists() else None))
     return runs
 
 
@@ -176,6 +179,8 @@ METRICS: list[tuple[str, str, Callable[[Run], float], float]] = [
      lambda r: r.summary["test"]["flip_rate_noise"], 100),
     ("flip_rate_shift", "prediction flip rate under a 1-2 px shift, test subset (%)",
      lambda r: r.summary["test"]["flip_rate_shift"], 100),
+    ("mean_corruption_accuracy", "mean accuracy under CIFAR-10-C corruptions, cutmix-eval (%)",
+     lambda r: r.eval["mean_corruption_accuracy"], 100),  # type: ignore[index]
     ("minutes", "wall time (min)", lambda r: r.summary["total_seconds"] / 60, 1),
 ]
 
@@ -207,6 +212,8 @@ CLAIMS: list[tuple[str, str, str, str, int]] = [
      "cutmix_from_start", "cutmix_staged", -1),
     ("MixUp calibrates better than CutMix", "test_ece", "mixup_staged", "cutmix_staged", -1),
     ("MixUp is more robust than CutMix", "flip_rate_noise", "mixup_staged", "cutmix_staged", -1),
+    ("CutMix improves robustness to corruptions", "mean_corruption_accuracy",
+     "cutmix_staged", "baseline", +1),
 ]
 
 

@@ -34,6 +34,20 @@ def archive_server(tmp_path: Path) -> Iterator[ArchiveServer]:
         yield server
 
 
+# A tiny model trained long enough on the synthetic data to classify it well (100 % test
+# accuracy in about 5 s): for predict, eval and export, which need a model that knows something.
+TRAINED = (*SMOKE, "trainer.num_threads=1", "schedule.stages.head.epochs=6",
+           "schedule.stages.head.patience=0", "schedule.stages.late.epochs=3",
+           "data.synthetic_train_size=600", "data.synthetic_test_size=300")
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("trained") / "run"
+    train_in_process(out, *TRAINED)
+    return out
+
+
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One smoke experiment (tiny model, synthetic data, three stages), run in this process with

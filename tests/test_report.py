@@ -52,6 +52,9 @@ def _fake_run(folder: Path, overrides: list[str], test_acc: float, train_acc: fl
     summary = {"test_accuracy": test_acc + jitter, "best": {"val_accuracy": test_acc},
                "total_seconds": 60.0, "test": test}
     (folder / "summary.json").write_text(json.dumps(summary))
+    (folder / "eval").mkdir()  # what cutmix-eval writes
+    (folder / "eval" / "eval.json").write_text(json.dumps(
+        {"clean_accuracy": test_acc, "mean_corruption_accuracy": test_acc - 0.2 + jitter}))
 
 
 @pytest.fixture
@@ -83,6 +86,11 @@ def test_report_writes_tables_plots_and_claims(sweep: Path, tmp_path: Path) -> N
     assert harm.endswith("supported |")
     robust = next(ln for ln in text.splitlines() if "MixUp is more robust" in ln)
     assert robust.endswith("| 0.00 ± 0.45 | inconclusive |")  # equal flip rates
+    # cutmix-eval's eval.json: mean corruption accuracy follows test accuracy, +2 points.
+    corrupt = next(ln for ln in text.splitlines() if "robustness to corruptions" in ln)
+    assert "| mean_corruption_accuracy | cutmix_staged − baseline | 2.00 ± 0.45 | supported |" \
+        in corrupt
+    assert "### mean accuracy under CIFAR-10-C corruptions, cutmix-eval (%)" in text
     missing = [ln for ln in text.splitlines() if "not measured" in ln]
     assert not missing  # every claim's arms are present
     for name in ("accuracy_curves.png", "generalization_gap.png", "reliability.png",

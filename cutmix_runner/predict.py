@@ -1,0 +1,158 @@
+"""`cutmix-predict RUN_DIR|CHECKPOINT PATH...`: classify image files with a trained run.
+
+Files and folders (recursively) in any format and mode Pillow reads; each image is brought to
+32 x 32 RGB the way CIFAR images were made (images.py). Output per file: the top-k labels and
+probabilities, as a table on the terminal, or as csv/json in timm's `inference.py` shapes:
+
+- csv: `filename, label_0 .. label_{k-1}, prob_0 .. prob_{k-1}, error`
+- json: a list of `{"filename", "label": [...], "prob": [...], "error"}`
+
+A file that cannot be read is reported in one line on stderr, becomes an error row, and the
+others are still classified. Exit status: 0 every file classified, 1 some skipped, 2 nothing
+classified or no usable run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from cutmix_runner.errors import UserError
+from cutmix_runner.images import ImageFileError, find_images, load_image
+from cutmix_runner.inference import TrainedModel, load_trained
+
+
+@dataclass
+class Prediction:
+    filename: str
+    labels: list[str] = field(default_factory=list)
+    probs: list[float] = field(default_factory=list)
+    error: str | None = None
+
+
+def flip_averaged_logits(trained: TrainedModel, images: torch.Tensor, tta: str,
+                         batch_size: int) -> torch.Tensor:
+    """Logits, averaged with the mirror image's under `tta=flip` (the test protocol's TTA)."""
+    logits = trained.logits(images, batch_size)
+    if tta == "flip":
+        logits = (logits + trained.logits(images.flip(-1), batch_size)) / 2
+    return logits
+
+
+def _batches(files: list[Path], size: int) -> Iterator[list[Path]]:
+    for start in range(0, len(files), size):
+        yield files[start:start + size]
+
+
+def classify(trained: TrainedModel, files: list[Path], topk: int = 5, tta: str = "none",
+             batch_size: int = 256, progress: bool = False) -> list[Prediction]:
+    """One Prediction per file, in order; unreadable files become error rows."""
+    rows: list[Prediction] = []
+    k = min(topk, len(trained.classes))
+    with tqdm(total=len(files), unit="img", disable=not progress) as bar:
+        for batch in _batches(files, batch_size):
+            loaded: list[np.ndarray] = []
+            for path in batch:
+                row = Prediction(str(path))
+                try:
+                    loaded.append(load_image(path))
+                except ImageFileError as exc:
+                    row.error = str(exc)
+                    print(f"cutmix-predict: skipped {path}: {exc}", file=sys.stderr)
+                rows.append(row)
+            good = [r for r in rows[-len(batch):] if r.error is None]
+            if loaded:
+                images = torch.from_numpy(np.stack(loaded))
+                probs = flip_averaged_logits(trained, images, tta, batch_size).softmax(-1)
+                top_p, top_i = probs.topk(k, dim=-1)
+                for row, p, i in zip(good, top_p.tolist(), top_i.tolist(), strict=True):
+                    row.labels = [trained.classes[j] for j in i]
+                    row.probs = [round(v, 6) for v in p]
+            bar.update(len(batch))
+    return rows
+
+
+def as_csv(rows: list[Prediction], k: int) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["filename", *(f"label_{i}" for i in range(k)),
+                     *(f"prob_{i}" for i in range(k)), "error"])
+    for r in rows:
+        pad = k - len(r.labels)
+        writer.writerow([r.filename, *r.labels, *[""] * pad, *r.probs, *[""] * pad,
+                         r.error or ""])
+    return out.getvalue()
+
+
+def as_json(rows: list[Prediction]) -> str:
+    return json.dumps([{"filename": r.filename, "label": r.labels, "prob": r.probs,
+                        "error": r.error} for r in rows], indent=1) + "\n"
+
+
+def as_table(rows: list[Prediction]) -> str:
+    width = max([len(r.filename) for r in rows] + [4])
+    lines = [f"{'file':<{width}}  predictions (probability)"]
+    for r in rows:
+        shown = ("error: " + r.error if r.error else
+                 ", ".join(f"{label} {100 * p:.1f} %" for label, p in zip(r.labels, r.probs,
+                                                                          strict=True)))
+        lines.append(f"{r.filename:<{width}}  {shown}")
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="cutmix-predict", description="Classify image files with a trained run.")
+    parser.add_argument("run", type=Path, help="run directory (its best checkpoint) or checkpoint")
+    parser.add_argument("paths", nargs="+", type=Path, help="image files or folders (recursive)")
+    parser.add_argument("--topk", type=int, default=3, help="labels per file (default 3)")
+    parser.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    parser.add_argument("--output", type=Path, help="write here instead of the terminal")
+    parser.add_argument("--force", action="store_true", help="replace an existing --output")
+    parser.add_argument("--tta", choices=["none", "flip"], default="none",
+                        help="flip: average with the mirror image, as the test protocol does")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
+    args = parser.parse_args(argv)
+    if args.topk < 1 or args.batch_size < 1:
+        parser.error("--topk and --batch-size must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        if args.output and args.output.exists() and not args.force:
+            raise UserError(f"{args.output} already exists; pass --force to replace it")
+        if args.device.startswith("cuda") and not torch.cuda.is_available():
+            raise UserError(f"--device {args.device}: CUDA is not available; use cpu")
+        trained = load_trained(args.run, device=args.device)
+    except UserError as exc:
+        print(f"cutmix-predict: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    files = find_images(args.paths)
+    if not files:
+        print(f"cutmix-predict: error: no image files under {', '.join(map(str, args.paths))}",
+              file=sys.stderr)
+        sys.exit(2)
+    rows = classify(trained, files, args.topk, args.tta, args.batch_size,
+                    progress=sys.stderr.isatty() and len(files) > args.batch_size)
+    k = min(args.topk, len(trained.classes))
+    text = {"table": as_table, "json": as_json}.get(args.format, lambda r: as_csv(r, k))(rows)
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text)
+    else:
+        sys.stdout.write(text)
+    skipped = sum(r.error is not None for r in rows)
+    sys.exit(0 if skipped == 0 else 2 if skipped == len(rows) else 1)

@@ -1,0 +1,191 @@
+"""`cutmix-eval RUN_DIR`: accuracy of a trained run on the clean test set and under the
+CIFAR-10-C corruptions (corruptions.py), each at severities 1-5.
+
+Writes to `--out` (default RUN_DIR/eval/): `eval.json` (clean accuracy, accuracy per corruption
+and severity, the mean corruption accuracy, and with `--reference RUN_DIR` the corruption error
+relative to that run, Hendrycks & Dietterich's mCE normalisation), `eval.md` (the same as a
+table) and `accuracy_vs_severity.png`. `cutmix-report` reads `eval/eval.json` when a run has it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cutmix_runner.artifacts import atomic_write_json
+from cutmix_runner.corruptions import CORRUPTIONS, PARAMS, corrupt
+from cutmix_runner.errors import UserError
+from cutmix_runner.inference import TrainedModel, load_test_set, load_trained
+
+EVAL_FILE = Path("eval") / "eval.json"
+
+
+def accuracy(trained: TrainedModel, images: torch.Tensor, labels: torch.Tensor,
+             batch_size: int) -> float:
+    logits = trained.logits(images, batch_size)
+    return (logits.argmax(-1) == labels).float().mean().item()
+
+
+def evaluate_corruptions(trained: TrainedModel, images: torch.Tensor, labels: torch.Tensor,
+                         names: list[str], severities: list[int], seed: int = 0,
+                         batch_size: int = 500, log: bool = False) -> dict[str, Any]:
+    """Clean accuracy and accuracy[name][severity] (single view, the best checkpoint)."""
+    result: dict[str, Any] = {"clean_accuracy": accuracy(trained, images, labels, batch_size),
+                              "accuracy": {}}
+    pixels = images.numpy()
+    for name in names:
+        start = time.perf_counter()
+        result["accuracy"][name] = {
+            str(s): accuracy(trained, torch.from_numpy(corrupt(pixels, name, s, seed)), labels,
+                             batch_size) for s in severities}
+        if log:
+            print(f"cutmix-eval: {name}: " + ", ".join(
+                f"{s} {100 * a:.1f} %" for s, a in result["accuracy"][name].items())
+                + f" ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
+    every = [a for per in result["accuracy"].values() for a in per.values()]
+    result["mean_corruption_accuracy"] = statistics.fmean(every) if every else None
+    return result
+
+
+def corruption_errors(result: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
+    """CE_c = sum over severities of this run's error / the reference's; mCE = mean over c.
+
+    Only corruptions and severities that both runs measured count.
+    """
+    per: dict[str, float] = {}
+    for name, ours in result["accuracy"].items():
+        theirs = reference["accuracy"].get(name, {})
+        common = [s for s in ours if s in theirs]
+        denominator = sum(1 - theirs[s] for s in common)
+        if common and denominator > 0:
+            per[name] = sum(1 - ours[s] for s in common) / denominator
+    return {"corruption_error": per, "mce": statistics.fmean(per.values()) if per else None}
+
+
+def markdown(result: dict[str, Any], command: str) -> str:
+    severities = sorted({s for per in result["accuracy"].values() for s in per}, key=int)
+    lines = [f"# Corruption robustness of `{result['source']}`", "", f"Made by `{command}`.", "",
+             f"Clean test accuracy (single view): {100 * result['clean_accuracy']:.2f} % on "
+             f"{result['images']} test images. Mean corruption accuracy: "
+             f"{100 * result['mean_corruption_accuracy']:.2f} %."]
+    if result.get("mce") is not None:
+        lines.append(f"mCE relative to `{result['reference']}`: {100 * result['mce']:.1f} %.")
+    header = ["corruption", *(f"severity {s}" for s in severities), "mean"]
+    lines += ["", "| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
+    for name, per in result["accuracy"].items():
+        cells = [f"{100 * per[s]:.1f}" for s in severities]
+        lines.append(f"| {name} | " + " | ".join(cells)
+                     + f" | {100 * statistics.fmean(per.values()):.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for name, per in result["accuracy"].items():
+        severities = sorted(per, key=int)
+        ax.plot([0, *map(int, severities)],
+                [100 * result["clean_accuracy"], *(100 * per[s] for s in severities)],
+                marker="o", label=name)
+    ax.set_xlabel("severity (0 = clean)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("accuracy under CIFAR-10-C corruptions")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def parse_severities(text: str) -> list[int]:
+    """'1-5', '3' or '1,3,5' -> sorted severities in 1..5."""
+    values: set[int] = set()
+    for part in text.split(","):
+        low, _, high = part.partition("-")
+        values.update(range(int(low), int(high or low) + 1))
+    if not values or not all(1 <= v <= 5 for v in values):
+        raise ValueError(text)
+    return sorted(values)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="cutmix-eval", description="Accuracy of a trained run under CIFAR-10-C corruptions.")
+    parser.add_argument("run", type=Path, help="run directory (its best checkpoint)")
+    parser.add_argument("--corruptions", default="all",
+                        help=f"comma-separated names or 'all' ({', '.join(CORRUPTIONS)})")
+    parser.add_argument("--severities", default="1-5", help="e.g. 1-5 (default), 3, 1,3,5")
+    parser.add_argument("--out", type=Path, help="default: RUN_DIR/eval")
+    parser.add_argument("--reference", type=Path, help="a run with eval/eval.json: adds mCE")
+    parser.add_argument("--limit", type=int, help="only the first N test images")
+    parser.add_argument("--seed", type=int, default=0, help="corruption seed (default 0)")
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--data-root", help="where the run's data set is, if not where it "
+                        "was trained from")
+    parser.add_argument("--force", action="store_true", help="replace an existing eval.json")
+    return parser.parse_args(argv)
+
+
+def _choices(args: argparse.Namespace) -> tuple[list[str], list[int]]:
+    names = list(CORRUPTIONS) if args.corruptions == "all" else args.corruptions.split(",")
+    unknown = [n for n in names if n not in CORRUPTIONS]
+    if unknown:
+        raise UserError(f"--corruptions: unknown {', '.join(unknown)}; choose from "
+                        f"{', '.join(CORRUPTIONS)} or all")
+    try:
+        return names, parse_severities(args.severities)
+    except ValueError:
+        raise UserError(f"--severities {args.severities}: use 1-5, a single level, or a "
+                        "comma-separated list of levels 1..5") from None
+
+
+def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
+    names, severities = _choices(args)
+    out = args.out or args.run / "eval"
+    if (out / "eval.json").exists() and not args.force:
+        raise UserError(f"{out / 'eval.json'} already exists; pass --force to replace it")
+    reference = None
+    if args.reference is not None:
+        ref_file = args.reference / EVAL_FILE
+        if not ref_file.exists():
+            raise UserError(f"--reference: no {ref_file}; run cutmix-eval on that run first")
+        reference = json.loads(ref_file.read_text())
+    trained = load_trained(args.run)
+    images, labels = load_test_set(trained, args.run, args.data_root)
+    if args.limit:
+        images, labels = images[:args.limit], labels[:args.limit]
+    result = {"source": str(trained.source), "images": len(labels), "seed": args.seed,
+              "protocol": "single view", "parameters": {n: PARAMS[n] for n in names},
+              **evaluate_corruptions(trained, images, labels, names, severities, args.seed,
+                                     args.batch_size, log=True)}
+    if reference is not None:
+        result.update(reference=str(args.reference), **corruption_errors(result, reference))
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "eval.json", result)
+    (out / "eval.md").write_text(markdown(result, command))
+    plot(result, out / "accuracy_vs_severity.png")
+    print(f"cutmix-eval: clean {100 * result['clean_accuracy']:.2f} %, mean corruption accuracy "
+          f"{100 * result['mean_corruption_accuracy']:.2f} % -> {out}/eval.json, eval.md, "
+          "accuracy_vs_severity.png", file=sys.stderr)
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    command = "cutmix-eval " + " ".join(sys.argv[1:] if argv is None else argv)
+    try:
+        run(args, command)
+    except UserError as exc:
+        print(f"cutmix-eval: error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,117 @@
+"""CIFAR-10-C corruptions and `cutmix-eval`: identity at severity 0, determinism, monotone
+degradation on a trained model, eval.json / mCE, and the report's robustness claim input."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cutmix_runner.corruptions import CORRUPTIONS, PARAMS, corrupt
+from cutmix_runner.inference import load_test_set, load_trained
+from cutmix_runner.robustness import corruption_errors, evaluate_corruptions, parse_severities
+from tests.helpers import ROOT
+
+
+@pytest.fixture(scope="module")
+def images() -> np.ndarray:
+    """Smooth images with structure (blurs and shifts must change them), uint8 (N, 3, 32, 32)."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:32, 0:32]
+    base = np.stack([np.sin(xx / 3.0), np.cos(yy / 4.0), np.sin((xx + yy) / 5.0)])
+    shifts = rng.uniform(0, 6, size=(6, 3, 1, 1))
+    return (127.5 + 100 * np.sin(base[None] + shifts)).astype(np.uint8)
+
+
+def test_at_least_twelve_corruptions_each_with_five_severities() -> None:
+    assert len(CORRUPTIONS) >= 12
+    assert all(len(PARAMS[name]) == 5 for name in CORRUPTIONS)
+
+
+@pytest.mark.parametrize("name", list(CORRUPTIONS))
+def test_severity_zero_is_the_identity_and_each_level_is_deterministic(
+        name: str, images: np.ndarray) -> None:
+    assert corrupt(images, name, 0) is images
+    for severity in (1, 5):
+        first = corrupt(images, name, severity, seed=3)
+        assert first.shape == images.shape and first.dtype == np.uint8
+        assert np.array_equal(first, corrupt(images, name, severity, seed=3))
+        assert not np.array_equal(first, images), (name, severity)
+    # Severity 5 changes the images more than severity 1; except elastic_transform, whose
+    # reference parameters trade a large random affine at severity 1 for a strong elastic
+    # field at 5 (its CIFAR-10-C accuracies are not monotone either).
+    change = [np.abs(corrupt(images, name, s).astype(int) - images).mean() for s in (1, 5)]
+    assert change[1] > change[0] or name == "elastic_transform", (name, change)
+
+
+def test_the_seed_changes_the_random_corruptions(images: np.ndarray) -> None:
+    for name in ("gaussian_noise", "glass_blur", "fog", "elastic_transform", "motion_blur"):
+        assert not np.array_equal(corrupt(images, name, 3, seed=0),
+                                  corrupt(images, name, 3, seed=1)), name
+
+
+def test_known_values() -> None:
+    flat = np.full((1, 3, 32, 32), 100, dtype=np.uint8)
+    # Contrast pulls towards each channel's mean: a flat image stays as it is.
+    assert np.array_equal(corrupt(flat, "contrast", 5), flat)
+    # Brightness adds 0.3 to HSV value at severity 5: grey 100 -> 100 + 76.5, truncated.
+    assert (corrupt(flat, "brightness", 5) == 176).all()
+    # Pixelate with box filters keeps a flat image flat.
+    assert np.array_equal(corrupt(flat, "pixelate", 5), flat)
+
+
+def test_accuracy_falls_with_severity_on_average(trained_run: Path) -> None:
+    trained = load_trained(trained_run)
+    images, labels = load_test_set(trained, trained_run)
+    result = evaluate_corruptions(trained, images[:100], labels[:100], list(CORRUPTIONS),
+                                  [1, 2, 3, 4, 5])
+    per_severity = [result["clean_accuracy"]] + [
+        statistics.fmean(result["accuracy"][n][str(s)] for n in CORRUPTIONS) for s in range(1, 6)]
+    assert all(a >= b for a, b in zip(per_severity, per_severity[1:], strict=False)), \
+        per_severity
+    assert per_severity[-1] < per_severity[0]
+    assert result["mean_corruption_accuracy"] == pytest.approx(
+        statistics.fmean(per_severity[1:]))
+
+
+def test_mce_normalises_by_the_reference() -> None:
+    ours = {"accuracy": {"fog": {"1": 0.9, "2": 0.8}, "snow": {"1": 0.5}}}
+    reference = {"accuracy": {"fog": {"1": 0.8, "2": 0.6}, "snow": {"1": 0.5}}}
+    result = corruption_errors(ours, reference)
+    assert result["corruption_error"] == {"fog": pytest.approx(0.3 / 0.6), "snow": 1.0}
+    assert result["mce"] == pytest.approx((0.5 + 1.0) / 2)
+
+
+def test_parse_severities() -> None:
+    assert parse_severities("1-5") == [1, 2, 3, 4, 5]
+    assert parse_severities("2,4") == [2, 4] and parse_severities("3") == [3]
+    with pytest.raises(ValueError):
+        parse_severities("0-6")
+
+
+def _eval(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", "from cutmix_runner.robustness import main; "
+                           "main()", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_cutmix_eval_writes_json_markdown_and_plot(trained_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    result = _eval(str(trained_run), "--corruptions", "fog,contrast", "--severities", "1,5",
+                   "--limit", "60", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    saved = json.loads((out / "eval.json").read_text())
+    assert set(saved["accuracy"]) == {"fog", "contrast"}
+    assert set(saved["accuracy"]["fog"]) == {"1", "5"} and saved["images"] == 60
+    assert 0 <= saved["mean_corruption_accuracy"] <= 1
+    assert "| fog |" in (out / "eval.md").read_text()
+    assert (out / "accuracy_vs_severity.png").stat().st_size > 1000
+    again = _eval(str(trained_run), "--out", str(out))
+    assert again.returncode == 2 and "already exists" in again.stderr
+    bad = _eval(str(trained_run), "--corruptions", "frost", "--out", str(tmp_path / "x"))
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "unknown frost" in bad.stderr
