@@ -96,9 +96,9 @@ def closing_summary(summary: dict[str, Any], out_dir: Path) -> list[str]:
         f"  test accuracy {_test_accuracy(summary)}",
         f"  best epoch: {best['stage']} epoch {best['epoch']} (epoch {best['global_epoch']} of "
         f"the run), validation accuracy {100 * best['val_accuracy']:.2f} %",
-        f"  next: cutmix-report {run} --out {run}/report",
-        f"        python -c \"from cutmix_runner.inference import load_trained; "
-        f"print(load_trained('{run}').classes)\"",
+        f"  next: cutmix-predict {run} PHOTOS...   |   cutmix-eval {run}   |   "
+        f"cutmix-export {run}",
+        f"        cutmix-report {run} --out {run}/report",
     ]
 
 

@@ -202,7 +202,8 @@ def model_card(trained: TrainedModel, summary: dict[str, Any] | None, output: Pa
 {check.images} test images: top-1 agreement {100 * check.agreement:.2f} %, largest logit
 difference {check.max_logit_diff:.2e} (limits: at least {100 * MIN_AGREEMENT:.1f} %, at most
 {MAX_LOGIT_DIFF:g}). onnxruntime {check.onnx_images_per_second:.0f} images/s, torch
-{check.torch_images_per_second:.0f} images/s, batch 256, on this machine's CPU.
+{check.torch_images_per_second:.0f} images/s (the exported module: fp32, contiguous memory
+format), batch 256, on the exporting machine's CPU.
 
 ## Known limits
 
@@ -259,5 +260,6 @@ def run(args: argparse.Namespace) -> Verification:
           f"  check on {check.images} test images: top-1 agreement {100 * check.agreement:.2f} %, "
           f"max |logit difference| {check.max_logit_diff:.2e}: {verdict}\n"
           f"  onnxruntime {check.onnx_images_per_second:.0f} images/s, torch "
-          f"{check.torch_images_per_second:.0f} images/s (CPU, batch 256)", file=sys.stderr)
+          f"{check.torch_images_per_second:.0f} images/s (CPU, batch 256; torch runs the "
+          "exported module: fp32, contiguous)", file=sys.stderr)
     return check

@@ -75,15 +75,15 @@ def run_summary(source: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def load_test_set(trained: TrainedModel, path: Path,
-                data_root: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def load_test_set(trained: TrainedModel, path: Path | str,
+                  data_root: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The run's test split (uint8 images, labels), for checks on a trained model.
 
     The data set's location is not part of a checkpoint (it does not change results): it comes
     from `data_root`, else from the run directory's .hydra/config.yaml, else the default.
     """
     cfg = trained.config.data
-    root = data_root or _trained_data_root(checkpoint.find_checkpoint(path))
+    root = data_root or _trained_data_root(checkpoint.find_checkpoint(Path(path)))
     if root is not None:
         cfg = dataclasses.replace(cfg, root=root)
     try:

@@ -93,11 +93,12 @@ def plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    for name, per in result["accuracy"].items():
+    colours = plt.get_cmap("tab20").colors  # 14 corruptions: no colour twice
+    for i, (name, per) in enumerate(result["accuracy"].items()):
         severities = sorted(per, key=int)
         ax.plot([0, *map(int, severities)],
                 [100 * result["clean_accuracy"], *(100 * per[s] for s in severities)],
-                marker="o", label=name)
+                marker="os^"[i % 3], color=colours[i % len(colours)], label=name)
     ax.set_xlabel("severity (0 = clean)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("accuracy under CIFAR-10-C corruptions")

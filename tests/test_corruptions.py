@@ -115,3 +115,30 @@ def test_cutmix_eval_writes_json_markdown_and_plot(trained_run: Path, tmp_path: 
     assert again.returncode == 2 and "already exists" in again.stderr
     bad = _eval(str(trained_run), "--corruptions", "frost", "--out", str(tmp_path / "x"))
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "unknown frost" in bad.stderr
+
+
+def test_the_report_reads_eval_json_into_the_robustness_claim(smoke_run: Path, trained_run: Path,
+                                                              tmp_path: Path) -> None:
+    """Two real synthetic runs, evaluated by cutmix-eval, labelled as the claim's two arms."""
+    import shutil
+
+    import yaml
+
+    from cutmix_runner.report import build_report
+
+    sweep = tmp_path / "sweep"
+    means = {}
+    for arm, run in (("baseline", smoke_run), ("cutmix_staged", trained_run)):
+        copy = sweep / f"0_{arm}"
+        shutil.copytree(run, copy, ignore=shutil.ignore_patterns("eval"))
+        (copy / ".hydra").mkdir(exist_ok=True)
+        (copy / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"experiment={arm}"]))
+        result = _eval(str(copy), "--corruptions", "fog,snow", "--severities", "3,5",
+                       "--limit", "60")
+        assert result.returncode == 0, result.stderr
+        means[arm] = json.loads((copy / "eval" / "eval.json").read_text())[
+            "mean_corruption_accuracy"]
+    text = build_report([sweep], tmp_path / "report").read_text()
+    row = next(ln for ln in text.splitlines() if "robustness to corruptions" in ln)
+    effect = 100 * (means["cutmix_staged"] - means["baseline"])
+    assert f"| cutmix_staged − baseline | {effect:.2f} | inconclusive (one run per arm) |" in row

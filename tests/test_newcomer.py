@@ -119,4 +119,6 @@ def test_a_run_ends_with_where_it_is_how_it_did_and_what_next(tmp_path: Path) ->
     assert f"{100 * summary['test_accuracy']:.2f} % (flip-averaged)" in closing[1]
     assert f"{100 * summary['test_accuracy_single_view']:.2f} % single view" in closing[1]
     assert f"best epoch: {summary['best']['stage']} epoch {summary['best']['epoch']}" in closing[2]
-    assert f"cutmix-report {out} --out {out}/report" in closing[3]
+    for command in (f"cutmix-predict {out} ", f"cutmix-eval {out}", f"cutmix-export {out}"):
+        assert command in closing[3], command
+    assert f"cutmix-report {out} --out {out}/report" in closing[4]
