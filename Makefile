@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 # CIFAR-10: this project's shared copy when it exists; otherwise data/cifar10 in the repository,
-# where the first run downloads the official archive (about 170 MB, MD5-checked) once. A
+# where the first run downloads the official archive (about 170 MB, MD5-checked) once. Any other
 # DATA_ROOT given by hand is used as it is, with downloads off.
 SHARED_CIFAR := ../shared/data/cifar10
 LOCAL_CIFAR := data/cifar10

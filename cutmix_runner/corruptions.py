@@ -1,8 +1,9 @@
 """CIFAR-10-C corruptions (Hendrycks & Dietterich, 2019) at their 32 x 32 severity parameters.
 
-Each corruption maps a uint8 batch (N, 32, 32, 3) to a corrupted uint8 batch, deterministically
-for a seed (one NumPy generator per corruption and severity, drawn per image in batch order), in
-NumPy, SciPy and Pillow. The parameters are those of the reference script `make_cifar_c.py`;
+Each corruption maps a uint8 batch to a corrupted uint8 batch in NumPy, SciPy and Pillow,
+deterministically for a seed: every image has its own NumPy generator, seeded by (seed,
+corruption, severity, index in the test set), so an image is corrupted the same way whatever
+batch or `--limit` it comes in. The parameters are those of the reference script `make_cifar_c.py`;
 the README's table lists them. As in that script, results are truncated to uint8.
 
 Severity 0 is the identity. 14 of the 15 benchmark corruptions are here; `frost` is not, as it
@@ -23,7 +24,8 @@ from PIL import Image
 from scipy import ndimage
 
 Batch = np.ndarray  # (N, H, W, 3) float in [0, 1] inside, uint8 at the edges
-Corruption = Callable[[Batch, int, np.random.Generator], Batch]
+Generators = list[np.random.Generator]  # one per image of the batch
+Corruption = Callable[[Batch, int, Generators], Batch]
 
 # Per severity 1..5, as in make_cifar_c.py.
 PARAMS: dict[str, list] = {
@@ -56,19 +58,25 @@ def _gaussian(x: Batch, sigma: float, mode: str = "nearest", truncate: float = 4
     return ndimage.gaussian_filter(x, sigma=sigmas, mode=mode, truncate=truncate)
 
 
-def gaussian_noise(x: Batch, severity: int, rng: np.random.Generator) -> Batch:
-    return x + rng.normal(size=x.shape, scale=PARAMS["gaussian_noise"][severity - 1])
+def _draw(rngs: Generators, draw: Callable[[np.random.Generator], np.ndarray]) -> np.ndarray:
+    """One draw per image, from that image's own generator, stacked along the batch."""
+    return np.stack([draw(rng) for rng in rngs])
 
 
-def shot_noise(x: Batch, severity: int, rng: np.random.Generator) -> Batch:
+def gaussian_noise(x: Batch, severity: int, rngs: Generators) -> Batch:
+    scale = PARAMS["gaussian_noise"][severity - 1]
+    return x + _draw(rngs, lambda rng: rng.normal(size=x.shape[1:], scale=scale))
+
+
+def shot_noise(x: Batch, severity: int, rngs: Generators) -> Batch:
     c = PARAMS["shot_noise"][severity - 1]
-    return rng.poisson(x * c) / c
+    return np.stack([rng.poisson(image * c) for rng, image in zip(rngs, x, strict=True)]) / c
 
 
-def impulse_noise(x: Batch, severity: int, rng: np.random.Generator) -> Batch:
+def impulse_noise(x: Batch, severity: int, rngs: Generators) -> Batch:
     amount = PARAMS["impulse_noise"][severity - 1]
-    flipped = rng.random(x.shape) <= amount
-    salted = rng.random(x.shape) <= 0.5
+    draws = _draw(rngs, lambda rng: rng.random((2, *x.shape[1:])))
+    flipped, salted = draws[:, 0] <= amount, draws[:, 1] <= 0.5
     out = x.copy()
     out[flipped & salted] = 1.0
     out[flipped & ~salted] = 0.0
@@ -89,24 +97,36 @@ def _disk(radius: float, alias_blur: float) -> np.ndarray:
     return ndimage.correlate1d(disk, g, axis=1, mode="mirror")
 
 
-def defocus_blur(x: Batch, severity: int, rng: np.random.Generator) -> Batch:
+def defocus_blur(x: Batch, severity: int, rngs: Generators) -> Batch:
     kernel = _disk(*PARAMS["defocus_blur"][severity - 1])
     return ndimage.correlate(x, kernel[None, :, :, None], mode="mirror")
 
 
-def glass_blur(x: Batch, severity: int, rng: np.random.Generator) -> Batch:
+def glass_blur(x: Batch, severity: int, rngs: Generators) -> Batch:
     sigma, delta, iterations = PARAMS["glass_blur"][severity - 1]
     pixels = (_gaussian(x, sigma) * 255).astype(np.uint8)
+    return _gaussian(local_shuffle(pixels, delta, iterations, rngs) / 255.0, sigma)
+
+
+def local_shuffle(pixels: np.ndarray, delta: int, iterations: int,
+                  rngs: Generators) -> np.ndarray:
+    """Glass blur's pixel moves, bottom-right to top-left, in place.
+
+    The reference writes `x[h, w], x[h2, w2] = x[h2, w2], x[h, w]` on NumPy views, which copies
+    the neighbour's pixel into (h, w) and leaves the neighbour as it was: not a swap. That is
+    what is done here, so a pixel moves at most `delta` per axis and iteration.
+    """
     n, h, w, _ = pixels.shape
+    positions = [(r, c) for r in range(h - delta, delta, -1) for c in range(w - delta, delta, -1)]
+    # Per image and iteration, the (dx, dy) of every position, in the reference's draw order.
+    moves = _draw(rngs, lambda rng: rng.integers(-delta, delta,
+                                                 size=(iterations, len(positions), 2)))
     every = np.arange(n)
-    for _ in range(iterations):  # swap each pixel with a neighbour, bottom-right to top-left
-        for row in range(h - delta, delta, -1):
-            for col in range(w - delta, delta, -1):
-                dx, dy = rng.integers(-delta, delta, size=(2, n))
-                other = pixels[every, row + dy, col + dx].copy()
-                pixels[every, row + dy, col + dx] = pixels[every, row, col]
-                pixels[every, row, col] = other
-    return _gaussian(pixels / 255.0, sigma)
+    for it in range(iterations):
+        for k, (row, col) in enumerate(positions):
+            dx, dy = moves[:, it, k, 0], moves[:, it, k, 1]
+            pixels[every, row, col] = pixels[every, row + dy, col + dx]
+    return pixels
 
 
 def _motion(x: Batch, radius: float, sigma: float, angles: np.ndarray) -> Batch:
@@ -117,22 +137,21 @@ def _motion(x: Batch, radius: float, sigma: float, angles: np.ndarray) -> Batch:
     kernel /= kernel.sum()
     n, h, w = x.shape[:3]
     rad = np.deg2rad(angles)
-    norm = np.hypot(np.sin(rad), np.cos(rad)) * width
     rows0, cols0 = np.arange(h)[None, :, None], np.arange(w)[None, None, :]
     every = np.arange(n)[:, None, None]
     out = np.zeros_like(x)
     for i, weight in zip(taps, kernel, strict=True):
-        dx = np.ceil(i * width * np.cos(rad) / norm - 0.5).astype(int)[:, None, None]
-        dy = np.ceil(i * width * np.sin(rad) / norm - 0.5).astype(int)[:, None, None]
+        dx = np.ceil(i * np.cos(rad) - 0.5).astype(int)[:, None, None]
+        dy = np.ceil(i * np.sin(rad) - 0.5).astype(int)[:, None, None]
         rows = np.clip(rows0 + dy, 0, h - 1)  # edge pixels repeat, as ImageMagick's default
         cols = np.clip(cols0 + dx, 0, w - 1)
         out += weight * x[every, rows, cols]
     return out
 
 
-def motion_blur(x: Batch, severity: int, rng: np.random.Generator) -> Batch:
+def motion_blur(x: Batch, severity: int, rngs: Generators) -> Batch:
     radius, sigma = PARAMS["motion_blur"][severity - 1]
-    return _motion(x, radius, sigma, rng.uniform(-45, 45, size=len(x)))
+    return _motion(x, radius, sigma, _draw(rngs, lambda rng: rng.uniform(-45, 45)))
 
 
 def _clipped_zoom(x: Batch, factor: float) -> Batch:
@@ -152,7 +171,7 @@ def _clipped_zoom(x: Batch, factor: float) -> Batch:
     return zoomed[:, trim:trim + h, trim:trim + h]
 
 
-def zoom_blur(x: Batch, severity: int, rng: np.random.Generator) -> Batch:
+def zoom_blur(x: Batch, severity: int, rngs: Generators) -> Batch:
     factors = np.arange(1, PARAMS["zoom_blur"][severity - 1], 0.01)
     x = x.astype(np.float32)
     out = np.zeros_like(x)
@@ -161,13 +180,15 @@ def zoom_blur(x: Batch, severity: int, rng: np.random.Generator) -> Batch:
     return (x + out) / (len(factors) + 1)
 
 
-def snow(x: Batch, severity: int, rng: np.random.Generator) -> Batch:
+def snow(x: Batch, severity: int, rngs: Generators) -> Batch:
     loc, scale, zoom, threshold, radius, sigma, keep = PARAMS["snow"][severity - 1]
-    layer = rng.normal(size=(*x.shape[:3], 1), loc=loc, scale=scale)
+    layer = _draw(rngs, lambda rng: rng.normal(size=(*x.shape[1:3], 1), loc=loc, scale=scale))
+    angles = _draw(rngs, lambda rng: rng.uniform(-135, -45))
     layer = _clipped_zoom(layer, zoom)
     layer[layer < threshold] = 0
     layer = (np.clip(layer, 0, 1) * 255).astype(np.uint8) / 255.0  # the reference's PNG trip
-    layer = _motion(layer, radius, sigma, rng.uniform(-135, -45, size=len(x)))
+    # ImageMagick hands the blurred layer back as 8-bit pixels.
+    layer = np.round(_motion(layer, radius, sigma, angles) * 255) / 255.0
     gray = (x @ np.array([0.299, 0.587, 0.114]))[..., None]
     x = keep * x + (1 - keep) * np.maximum(x, gray * 1.5 + 0.5)
     return x + layer + np.rot90(layer, k=2, axes=(1, 2))
@@ -199,27 +220,27 @@ def _plasma_fractal(rng: np.random.Generator, size: int, decay: float) -> np.nda
     return grid / grid.max()
 
 
-def fog(x: Batch, severity: int, rng: np.random.Generator) -> Batch:
+def fog(x: Batch, severity: int, rngs: Generators) -> Batch:
     strength, decay = PARAMS["fog"][severity - 1]
     h = x.shape[1]
     size = 1 << (h - 1).bit_length()
-    haze = np.stack([_plasma_fractal(rng, size, decay)[:h, :h] for _ in range(len(x))])
+    haze = _draw(rngs, lambda rng: _plasma_fractal(rng, size, decay)[:h, :h])
     top = x.max(axis=(1, 2, 3), keepdims=True)
     return (x + strength * haze[..., None]) * top / (top + strength)
 
 
-def brightness(x: Batch, severity: int, rng: np.random.Generator) -> Batch:
+def brightness(x: Batch, severity: int, rngs: Generators) -> Batch:
     hsv = rgb_to_hsv(np.clip(x, 0, 1))
     hsv[..., 2] = np.clip(hsv[..., 2] + PARAMS["brightness"][severity - 1], 0, 1)
     return hsv_to_rgb(hsv)
 
 
-def contrast(x: Batch, severity: int, rng: np.random.Generator) -> Batch:
+def contrast(x: Batch, severity: int, rngs: Generators) -> Batch:
     means = x.mean(axis=(1, 2), keepdims=True)
     return (x - means) * PARAMS["contrast"][severity - 1] + means
 
 
-def elastic_transform(x: Batch, severity: int, rng: np.random.Generator) -> Batch:
+def elastic_transform(x: Batch, severity: int, rngs: Generators) -> Batch:
     n, h, w, _ = x.shape
     alpha, sigma, jitter = (v * h for v in PARAMS["elastic_transform"][severity - 1])
     centre, side = np.float32(h // 2), h // 3
@@ -228,7 +249,7 @@ def elastic_transform(x: Batch, severity: int, rng: np.random.Generator) -> Batc
                       [centre - side, centre - side]])
     rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
     out = np.empty_like(x)
-    for i in range(n):
+    for i, rng in enumerate(rngs):
         dst = src + rng.uniform(-jitter, jitter, size=src.shape).astype(np.float32)
         image = _affine(x[i], src, dst)
         dx = _gaussian(rng.uniform(-1, 1, size=(h, w)), sigma, "reflect", 3.0) * alpha
@@ -256,7 +277,7 @@ def _per_image(x: Batch, change: Callable[[Image.Image], Image.Image]) -> Batch:
                      for p in pixels])
 
 
-def pixelate(x: Batch, severity: int, rng: np.random.Generator) -> Batch:
+def pixelate(x: Batch, severity: int, rngs: Generators) -> Batch:
     h = x.shape[1]
     small = int(h * PARAMS["pixelate"][severity - 1])
     return _per_image(x, lambda im: im.resize((small, small), Image.Resampling.BOX)
@@ -269,7 +290,7 @@ def _jpeg(image: Image.Image, quality: int) -> Image.Image:
     return Image.open(buffer).convert("RGB")
 
 
-def jpeg_compression(x: Batch, severity: int, rng: np.random.Generator) -> Batch:
+def jpeg_compression(x: Batch, severity: int, rngs: Generators) -> Batch:
     quality = PARAMS["jpeg_compression"][severity - 1]
     return _per_image(x, lambda im: _jpeg(im, quality))
 
@@ -284,14 +305,22 @@ CORRUPTIONS: dict[str, Corruption] = {
 }
 
 
-def corrupt(images: np.ndarray, name: str, severity: int, seed: int = 0) -> np.ndarray:
-    """uint8 (N, 3, H, W) -> the same images under corruption `name` at `severity` (0-5)."""
+def corrupt(images: np.ndarray, name: str, severity: int, seed: int = 0,
+            first_index: int = 0) -> np.ndarray:
+    """uint8 (N, 3, H, W) -> the same images under corruption `name` at `severity` (0-5).
+
+    `first_index` is the test-set index of images[0]: image i draws from its own generator,
+    seeded by (seed, corruption, severity, first_index + i).
+    """
     if severity == 0:
         return images
     if not 1 <= severity <= 5:
         raise ValueError(f"severity must be 0..5, got {severity}")
-    rng = np.random.default_rng([seed, list(CORRUPTIONS).index(name), severity])
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    key = [seed, list(CORRUPTIONS).index(name), severity]
+    rngs = [np.random.default_rng([*key, first_index + i]) for i in range(len(images))]
     x = images.transpose(0, 2, 3, 1).astype(np.float64) / 255.0
-    y = CORRUPTIONS[name](x, severity, rng)
+    y = CORRUPTIONS[name](x, severity, rngs)
     out = (np.clip(y, 0, 1) * 255).astype(np.uint8)  # truncated, as the reference's np.uint8
     return np.ascontiguousarray(out.transpose(0, 3, 1, 2))

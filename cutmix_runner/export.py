@@ -105,6 +105,7 @@ def metadata(trained: TrainedModel, summary: dict[str, Any] | None) -> dict[str,
 
 
 def export_onnx(wrapper: ImageClassifier, output: Path, meta: dict[str, str]) -> None:
+    """Write the ONNX model to `output` (metadata added, onnx.checker passed)."""
     import onnx
 
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -237,6 +238,9 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as exc:
         print(f"cutmix-export: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except OSError as exc:  # e.g. an output folder that cannot be written
+        print(f"cutmix-export: error: {exc.strerror or exc}: {exc.filename or ''}", file=sys.stderr)
+        sys.exit(2)
     sys.exit(0 if check.passed else 1)
 
 
@@ -252,13 +256,22 @@ def run(args: argparse.Namespace) -> Verification:
     wrapper, trained = exportable(source)
     images = load_test_set(trained, source, args.data_root)[0][:args.images]
     summary = run_summary(trained.source)
-    export_onnx(wrapper, output, metadata(trained, summary))
-    check = verify(output, wrapper, images)
-    card.write_text(model_card(trained, summary, output, check))
-    verdict = "passed" if check.passed else "FAILED"
-    print(f"cutmix-export: {output} ({output.stat().st_size / 2**20:.1f} MiB), card {card}\n"
+    # Export beside the target and check there: a model that fails its check never replaces
+    # one that passed; it stays as NAME.failed.onnx for inspection.
+    candidate = output.with_name(output.stem + ".candidate.onnx")
+    export_onnx(wrapper, candidate, metadata(trained, summary))
+    check = verify(candidate, wrapper, images)
+    if check.passed:
+        candidate.replace(output)
+        card.write_text(model_card(trained, summary, output, check))
+        where = f"{output} ({output.stat().st_size / 2**20:.1f} MiB), card {card}"
+    else:
+        failed = candidate.replace(output.with_name(output.stem + ".failed.onnx"))
+        where = f"{failed}: the check FAILED, {output} was not written"
+    print(f"cutmix-export: {where}\n"
           f"  check on {check.images} test images: top-1 agreement {100 * check.agreement:.2f} %, "
-          f"max |logit difference| {check.max_logit_diff:.2e}: {verdict}\n"
+          f"max |logit difference| {check.max_logit_diff:.2e} (limits {100 * MIN_AGREEMENT:.1f} %, "
+          f"{MAX_LOGIT_DIFF:g})\n"
           f"  onnxruntime {check.onnx_images_per_second:.0f} images/s, torch "
           f"{check.torch_images_per_second:.0f} images/s (CPU, batch 256; torch runs the "
           "exported module: fp32, contiguous)", file=sys.stderr)

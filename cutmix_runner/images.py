@@ -49,10 +49,10 @@ def find_images(paths: list[Path]) -> list[Path]:
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """Any mode -> RGB: 16-bit scaled to 8 bits, transparency on white, CMYK/palette converted."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+    if image.mode.startswith("I;16") or image.mode == "I":
+        # 16-bit by mode; 32-bit integer images (mode I) come from 16-bit PNGs and TIFFs too.
         values = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if values.max(initial=0) > 255 else 255.0
-        image = Image.fromarray(np.round(values * (255.0 / top)).clip(0, 255).astype(np.uint8))
+        image = Image.fromarray(np.round(values / 257.0).clip(0, 255).astype(np.uint8))
     elif image.mode == "F":
         image = Image.fromarray(np.asarray(image).clip(0, 255).astype(np.uint8))
     if image.mode == "P" and "transparency" in image.info:
@@ -95,6 +95,8 @@ def load_image(path: Path) -> np.ndarray:
         raise ImageFileError(f"too large for Pillow's decompression-bomb guard ({exc})") from exc
     except Image.UnidentifiedImageError as exc:
         raise ImageFileError("not an image Pillow can read") from exc
+    except (PermissionError, IsADirectoryError) as exc:
+        raise ImageFileError(f"cannot read it ({exc.strerror})") from exc
     except Exception as exc:  # Pillow's decoders raise many kinds on damaged files
         raise ImageFileError(f"damaged image ({type(exc).__name__}: {exc})") from exc
     return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1).copy()

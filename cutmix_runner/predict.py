@@ -110,6 +110,37 @@ def as_table(rows: list[Prediction]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def checked_device(name: str) -> torch.device:
+    """--device as a torch.device that exists here; UserError otherwise."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name}: not a device name; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and (not torch.cuda.is_available()
+                                  or (device.index or 0) >= torch.cuda.device_count()):
+        raise UserError(f"--device {name}: no such CUDA device here; use cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {name}: only cpu and cuda are supported")
+    return device
+
+
+def check_output(path: Path | None, force: bool) -> None:
+    """Refuse to replace a file without --force, and fail now, not after classifying, when the
+    file cannot be written."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise UserError(f"--output {path} is a folder; give a file name")
+    if path.exists() and not force:
+        raise UserError(f"{path} already exists; pass --force to replace it")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a"):
+            pass
+    except OSError as exc:
+        raise UserError(f"--output {path}: cannot write it ({exc.strerror})") from None
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="cutmix-predict", description="Classify image files with a trained run.")
@@ -132,11 +163,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
-        if args.output and args.output.exists() and not args.force:
-            raise UserError(f"{args.output} already exists; pass --force to replace it")
-        if args.device.startswith("cuda") and not torch.cuda.is_available():
-            raise UserError(f"--device {args.device}: CUDA is not available; use cpu")
-        trained = load_trained(args.run, device=args.device)
+        check_output(args.output, args.force)
+        trained = load_trained(args.run, device=checked_device(args.device))
     except UserError as exc:
         print(f"cutmix-predict: error: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -148,10 +176,14 @@ def main(argv: list[str] | None = None) -> None:
     rows = classify(trained, files, args.topk, args.tta, args.batch_size,
                     progress=sys.stderr.isatty() and len(files) > args.batch_size)
     k = min(args.topk, len(trained.classes))
-    text = {"table": as_table, "json": as_json}.get(args.format, lambda r: as_csv(r, k))(rows)
+    if args.format == "csv":
+        text = as_csv(rows, k)
+    elif args.format == "json":
+        text = as_json(rows)
+    else:
+        text = as_table(rows)
     if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text)
+        args.output.write_text(text)  # checked writable before classifying
     else:
         sys.stdout.write(text)
     skipped = sum(r.error is not None for r in rows)

@@ -117,6 +117,22 @@ def _read_records(path: Path) -> list[dict[str, Any]]:
     return records
 
 
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ReportError(f"{path} is not valid JSON ({exc}); re-create or remove it") from None
+
+
+def eval_settings(run: Run) -> tuple | None:
+    """What a run's cutmix-eval measured: runs compare only when this is the same."""
+    if run.eval is None:
+        return None
+    measured = tuple(sorted((name, tuple(sorted(per))) for name, per in
+                            run.eval.get("accuracy", {}).items()))
+    return run.eval.get("images"), run.eval.get("seed"), measured
+
+
 def load_runs(paths: list[Path]) -> list[Run]:
     found: list[Path] = []
     for path in paths:
@@ -132,9 +148,9 @@ def load_runs(paths: list[Path]) -> list[Run]:
         raw = yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else []
         overrides = dict(o.lstrip("+~").split("=", 1) for o in raw or [] if "=" in o)
         robustness = run / "eval" / "eval.json"
-        runs.append(Run(run, overrides, json.loads((run / "summary.json").read_text()),
+        runs.append(Run(run, overrides, _read_json(run / "summary.json"),
                         _read_records(run / "metrics.jsonl"),
-                        json.loads(robustness.read_text()) if robustness.exists() else None))
+                        _read_json(robustness) if robustness.exists() else None))
     return runs
 
 
@@ -239,6 +255,11 @@ def claims_section(arms: dict[str, list[Run]]) -> list[str]:
         vb = [r.scalars[metric] for r in arms[arm_b] if metric in r.scalars]
         if not va or not vb:
             lines.append(f"| {claim} | {metric} | {a} − {b} | — | not measured (no data) |")
+            continue
+        if metric == "mean_corruption_accuracy" and len(
+                {eval_settings(r) for r in arms[arm_a] + arms[arm_b] if r.eval}) > 1:
+            lines.append(f"| {claim} | {metric} | {a} − {b} | — | not comparable (the runs' "
+                         "cutmix-eval used different images, seeds, corruptions or severities) |")
             continue
         effect = difference_ci(va, vb)
         lines.append(f"| {claim} | {metric} | {a} − {b} | {effect.text(scale[metric])} | "

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from cutmix_runner.artifacts import atomic_write_json
@@ -25,12 +26,23 @@ from cutmix_runner.errors import UserError
 from cutmix_runner.inference import TrainedModel, load_test_set, load_trained
 
 EVAL_FILE = Path("eval") / "eval.json"
+CHUNK = 2000  # images corrupted at a time: bounds memory, not results (see corruptions.corrupt)
 
 
 def accuracy(trained: TrainedModel, images: torch.Tensor, labels: torch.Tensor,
              batch_size: int) -> float:
     logits = trained.logits(images, batch_size)
     return (logits.argmax(-1) == labels).float().mean().item()
+
+
+def corrupted_accuracy(trained: TrainedModel, pixels: np.ndarray, labels: torch.Tensor,
+                       name: str, severity: int, seed: int, batch_size: int) -> float:
+    right = 0.0
+    for start in range(0, len(pixels), CHUNK):
+        chunk = corrupt(pixels[start:start + CHUNK], name, severity, seed, first_index=start)
+        part = labels[start:start + CHUNK]
+        right += accuracy(trained, torch.from_numpy(chunk), part, batch_size) * len(part)
+    return right / len(pixels)
 
 
 def evaluate_corruptions(trained: TrainedModel, images: torch.Tensor, labels: torch.Tensor,
@@ -43,8 +55,8 @@ def evaluate_corruptions(trained: TrainedModel, images: torch.Tensor, labels: to
     for name in names:
         start = time.perf_counter()
         result["accuracy"][name] = {
-            str(s): accuracy(trained, torch.from_numpy(corrupt(pixels, name, s, seed)), labels,
-                             batch_size) for s in severities}
+            str(s): corrupted_accuracy(trained, pixels, labels, name, s, seed, batch_size)
+            for s in severities}
         if log:
             print(f"cutmix-eval: {name}: " + ", ".join(
                 f"{s} {100 * a:.1f} %" for s, a in result["accuracy"][name].items())
@@ -135,7 +147,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data-root", help="where the run's data set is, if not where it "
                         "was trained from")
     parser.add_argument("--force", action="store_true", help="replace an existing eval.json")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.seed < 0 or args.batch_size < 1 or (args.limit is not None and args.limit < 1):
+        parser.error("--seed must be >= 0, --batch-size and --limit at least 1")
+    return args
 
 
 def _choices(args: argparse.Namespace) -> tuple[list[str], list[int]]:
@@ -153,9 +168,14 @@ def _choices(args: argparse.Namespace) -> tuple[list[str], list[int]]:
 
 def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     names, severities = _choices(args)
-    out = args.out or args.run / "eval"
+    run_dir = args.run if args.run.is_dir() else args.run.parent.parent  # RUN/checkpoints/x.pt
+    out = args.out or run_dir / "eval"
     if (out / "eval.json").exists() and not args.force:
         raise UserError(f"{out / 'eval.json'} already exists; pass --force to replace it")
+    try:  # before any compute: a folder that cannot be made fails now, not in 25 minutes
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot create it ({exc.strerror})") from None
     reference = None
     if args.reference is not None:
         ref_file = args.reference / EVAL_FILE
@@ -172,7 +192,6 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
                                      args.batch_size, log=True)}
     if reference is not None:
         result.update(reference=str(args.reference), **corruption_errors(result, reference))
-    out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "eval.json", result)
     (out / "eval.md").write_text(markdown(result, command))
     plot(result, out / "accuracy_vs_severity.png")
@@ -189,4 +208,7 @@ def main(argv: list[str] | None = None) -> None:
         run(args, command)
     except UserError as exc:
         print(f"cutmix-eval: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as exc:  # e.g. an output folder that cannot be written
+        print(f"cutmix-eval: error: {exc.strerror or exc}: {exc.filename or ''}", file=sys.stderr)
         sys.exit(2)

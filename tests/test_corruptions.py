@@ -4,6 +4,7 @@ degradation on a trained model, eval.json / mCE, and the report's robustness cla
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -53,6 +54,28 @@ def test_the_seed_changes_the_random_corruptions(images: np.ndarray) -> None:
     for name in ("gaussian_noise", "glass_blur", "fog", "elastic_transform", "motion_blur"):
         assert not np.array_equal(corrupt(images, name, 3, seed=0),
                                   corrupt(images, name, 3, seed=1)), name
+
+
+def test_an_image_is_corrupted_the_same_in_any_batch(images: np.ndarray) -> None:
+    for name in CORRUPTIONS:
+        whole = corrupt(images, name, 4, seed=2)
+        alone = corrupt(images[3:5], name, 4, seed=2, first_index=3)
+        assert np.array_equal(whole[3:5], alone), name
+
+
+def test_glass_blur_moves_each_pixel_at_most_delta_per_iteration() -> None:
+    """The reference copies a neighbour into place (its tuple swap on NumPy views does not
+    swap); so after k iterations a value has come from at most k * delta pixels away."""
+    from cutmix_runner.corruptions import local_shuffle
+
+    ids = np.arange(32 * 32).reshape(32, 32)
+    pixels = np.stack([ids % 256, ids // 256, np.zeros_like(ids)], -1)[None].astype(np.uint8)
+    moved = local_shuffle(pixels.copy(), 1, 2, [np.random.default_rng(0)])[0].astype(int)
+    source = moved[..., 0] + 256 * moved[..., 1]
+    rows, cols = np.divmod(source, 32)
+    distance = np.maximum(np.abs(rows - np.arange(32)[:, None]),
+                          np.abs(cols - np.arange(32)[None, :]))
+    assert distance.max() <= 2 and (distance > 0).any()
 
 
 def test_known_values() -> None:
@@ -113,6 +136,13 @@ def test_cutmix_eval_writes_json_markdown_and_plot(trained_run: Path, tmp_path: 
     assert (out / "accuracy_vs_severity.png").stat().st_size > 1000
     again = _eval(str(trained_run), "--out", str(out))
     assert again.returncode == 2 and "already exists" in again.stderr
+    # A checkpoint file writes into its run's eval/ folder.
+    copy = tmp_path / "copy"
+    shutil.copytree(trained_run, copy)
+    from_file = _eval(str(copy / "checkpoints" / "best.pt"), "--corruptions", "contrast",
+                      "--severities", "5", "--limit", "20")
+    assert from_file.returncode == 0, from_file.stderr
+    assert (copy / "eval" / "eval.json").exists()
     bad = _eval(str(trained_run), "--corruptions", "frost", "--out", str(tmp_path / "x"))
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "unknown frost" in bad.stderr
 
@@ -120,8 +150,6 @@ def test_cutmix_eval_writes_json_markdown_and_plot(trained_run: Path, tmp_path: 
 def test_the_report_reads_eval_json_into_the_robustness_claim(smoke_run: Path, trained_run: Path,
                                                               tmp_path: Path) -> None:
     """Two real synthetic runs, evaluated by cutmix-eval, labelled as the claim's two arms."""
-    import shutil
-
     import yaml
 
     from cutmix_runner.report import build_report
@@ -142,3 +170,9 @@ def test_the_report_reads_eval_json_into_the_robustness_claim(smoke_run: Path, t
     row = next(ln for ln in text.splitlines() if "robustness to corruptions" in ln)
     effect = 100 * (means["cutmix_staged"] - means["baseline"])
     assert f"| cutmix_staged − baseline | {effect:.2f} | inconclusive (one run per arm) |" in row
+    # Evaluations of different settings do not compare.
+    other = sweep / "0_baseline" / "eval" / "eval.json"
+    other.write_text(json.dumps({**json.loads(other.read_text()), "images": 10}))
+    text = build_report([sweep], tmp_path / "report2").read_text()
+    row = next(ln for ln in text.splitlines() if "robustness to corruptions" in ln)
+    assert "not comparable" in row

@@ -32,7 +32,7 @@ def exported(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     output = tmp_path_factory.mktemp("export") / "model.onnx"
     result = _export(str(trained_run), "--output", str(output), "--images", "256")
     assert result.returncode == 0, result.stderr
-    assert "top-1 agreement 100.00 %" in result.stderr and ": passed" in result.stderr
+    assert "top-1 agreement 100.00 %" in result.stderr and "FAILED" not in result.stderr
     return output
 
 
@@ -64,9 +64,14 @@ def test_an_existing_export_is_not_overwritten(exported: Path, trained_run: Path
 def test_a_failed_check_fails_the_command(trained_run: Path, tmp_path: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(export, "MAX_LOGIT_DIFF", 0.0)  # no export can meet this
+    (tmp_path / "m.onnx").write_bytes(b"an earlier model")
     with pytest.raises(SystemExit) as info:
-        export.main([str(trained_run), "--output", str(tmp_path / "m.onnx"), "--images", "256"])
+        export.main([str(trained_run), "--output", str(tmp_path / "m.onnx"), "--images", "256",
+                     "--force"])
     assert info.value.code == 1
+    # The earlier model is kept; the failed one is left beside it for inspection.
+    assert (tmp_path / "m.onnx").read_bytes() == b"an earlier model"
+    assert (tmp_path / "m.failed.onnx").exists() and not (tmp_path / "m_card.md").exists()
 
 
 def test_tf_same_padding_is_frozen_into_a_static_graph(tmp_path: Path) -> None:
