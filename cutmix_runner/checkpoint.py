@@ -151,6 +151,11 @@ def adopt_best(source: Path, folder: Path) -> None:
         shutil.copyfile(source_best, folder / BEST)
 
 
+def run_directory(path: Path) -> Path:
+    """The run directory of a run directory or of a checkpoint in its checkpoints/ folder."""
+    return path if path.is_dir() else path.parent.parent
+
+
 def find_checkpoint(path: Path) -> Path:
     """A checkpoint file, or a run directory's best.pt (its last.pt when there is no best)."""
     if path.is_dir():

@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cutmix_runner.errors import UserError
+from cutmix_runner.checkpoint import run_directory
+from cutmix_runner.errors import UserError, one_line_errors
 from cutmix_runner.inference import TrainedModel, load_test_set, load_trained, run_summary
 
 INPUT_SIZE = 32  # CIFAR's own resolution: what the exported graph takes
@@ -44,14 +45,11 @@ class StaticSamePadConv2d(nn.Conv2d):
                         self.dilation, self.groups)
 
 
-def _same_pad(size: int, kernel: int, stride: int, dilation: int) -> int:
-    return max((-(-size // stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
-
-
 def freeze_same_padding(model: nn.Module, image_size: int) -> int:
     """Swap timm's dynamic-"same" convs for constant-padded ones at `image_size`; returns how
     many were swapped. Same weights, same numbers, at that input size only."""
     from timm.layers import Conv2dSame
+    from timm.layers.padding import get_same_padding
 
     sizes: dict[nn.Module, tuple[int, int]] = {}
     hooks = [m.register_forward_pre_hook(lambda m, args: sizes.__setitem__(m, args[0].shape[-2:]))
@@ -62,7 +60,8 @@ def freeze_same_padding(model: nn.Module, image_size: int) -> int:
         hook.remove()
     for module, (height, width) in sizes.items():
         (kh, kw), (sh, sw), (dh, dw) = module.kernel_size, module.stride, module.dilation
-        pad_h, pad_w = _same_pad(height, kh, sh, dh), _same_pad(width, kw, sw, dw)
+        pad_h = get_same_padding(height, kh, sh, dh)  # what Conv2dSame computes at run time
+        pad_w = get_same_padding(width, kw, sw, dw)
         module.__class__ = StaticSamePadConv2d
         module.static_pad = (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)
     return len(sizes)
@@ -233,14 +232,8 @@ def main(argv: list[str] | None = None) -> None:
                         "was trained from")
     parser.add_argument("--force", action="store_true", help="replace an existing output")
     args = parser.parse_args(argv)
-    try:
+    with one_line_errors("cutmix-export"):
         check = run(args)
-    except UserError as exc:
-        print(f"cutmix-export: error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except OSError as exc:  # e.g. an output folder that cannot be written
-        print(f"cutmix-export: error: {exc.strerror or exc}: {exc.filename or ''}", file=sys.stderr)
-        sys.exit(2)
     sys.exit(0 if check.passed else 1)
 
 
@@ -248,8 +241,7 @@ def run(args: argparse.Namespace) -> Verification:
     if args.images < 256:
         raise UserError(f"--images {args.images}: verify on at least 256 test images")
     source = args.run
-    output = args.output or (source if source.is_dir() else source.parent.parent) / "export" \
-        / "model.onnx"
+    output = args.output or run_directory(source) / "export" / "model.onnx"
     card = output.with_name(output.stem + "_card.md")
     if not args.force and (output.exists() or card.exists()):
         raise UserError(f"{output} already exists; pass --force to replace it, or --output")

@@ -71,7 +71,7 @@ def load_trained(path: Path | str, device: str | torch.device = "cpu",
 
 def run_summary(source: Path) -> dict[str, Any] | None:
     """summary.json of the run that holds checkpoint `source`, if the run finished."""
-    path = source.parent.parent / "summary.json"
+    path = checkpoint.run_directory(source) / "summary.json"
     return json.loads(path.read_text()) if path.exists() else None
 
 
@@ -94,7 +94,7 @@ def load_test_set(trained: TrainedModel, path: Path | str,
 
 
 def _trained_data_root(source: Path) -> str | None:
-    hydra_config = source.parent.parent / ".hydra" / "config.yaml"
+    hydra_config = checkpoint.run_directory(source) / ".hydra" / "config.yaml"
     if not hydra_config.exists():
         return None
     saved = yaml.safe_load(hydra_config.read_text()) or {}

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cutmix_runner.errors import UserError
+from cutmix_runner.errors import UserError, one_line_errors
 from cutmix_runner.images import ImageFileError, find_images, load_image
 from cutmix_runner.inference import TrainedModel, load_trained
 
@@ -162,12 +162,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    try:
+    with one_line_errors("cutmix-predict"):
         check_output(args.output, args.force)
         trained = load_trained(args.run, device=checked_device(args.device))
-    except UserError as exc:
-        print(f"cutmix-predict: error: {exc}", file=sys.stderr)
-        sys.exit(2)
     files = find_images(args.paths)
     if not files:
         print(f"cutmix-predict: error: no image files under {', '.join(map(str, args.paths))}",

@@ -21,8 +21,9 @@ import numpy as np
 import torch
 
 from cutmix_runner.artifacts import atomic_write_json
+from cutmix_runner.checkpoint import run_directory
 from cutmix_runner.corruptions import CORRUPTIONS, PARAMS, corrupt
-from cutmix_runner.errors import UserError
+from cutmix_runner.errors import UserError, one_line_errors
 from cutmix_runner.inference import TrainedModel, load_test_set, load_trained
 
 EVAL_FILE = Path("eval") / "eval.json"
@@ -168,8 +169,7 @@ def _choices(args: argparse.Namespace) -> tuple[list[str], list[int]]:
 
 def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     names, severities = _choices(args)
-    run_dir = args.run if args.run.is_dir() else args.run.parent.parent  # RUN/checkpoints/x.pt
-    out = args.out or run_dir / "eval"
+    out = args.out or run_directory(args.run) / "eval"
     if (out / "eval.json").exists() and not args.force:
         raise UserError(f"{out / 'eval.json'} already exists; pass --force to replace it")
     try:  # before any compute: a folder that cannot be made fails now, not in 25 minutes
@@ -204,11 +204,5 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     command = "cutmix-eval " + " ".join(sys.argv[1:] if argv is None else argv)
-    try:
+    with one_line_errors("cutmix-eval"):
         run(args, command)
-    except UserError as exc:
-        print(f"cutmix-eval: error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except OSError as exc:  # e.g. an output folder that cannot be written
-        print(f"cutmix-eval: error: {exc.strerror or exc}: {exc.filename or ''}", file=sys.stderr)
-        sys.exit(2)
