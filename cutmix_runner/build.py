@@ -47,7 +47,7 @@ def clean_train_subset(data: Splits, cfg: RunConfig) -> tuple[torch.Tensor, torc
 
 def model_and_preprocess(cfg: RunConfig, num_classes: int,
                          device: torch.device) -> tuple[nn.Module, Preprocess]:
-    model = build_model(cfg.model, num_classes)
+    model = build_model(cfg.model, num_classes, device)
     # Check every stage's freeze depth now, not when the stage starts.
     for name, stage in cfg.schedule.stages.items():
         try:
@@ -57,6 +57,8 @@ def model_and_preprocess(cfg: RunConfig, num_classes: int,
     preprocess = build_preprocess(model, cfg.model, cfg.trainer.channels_last)
     memory_format = torch.channels_last if cfg.trainer.channels_last else torch.contiguous_format
     model.to(device, memory_format=memory_format)
+    if cfg.trainer.compile:
+        model.compile()  # in place: the state dict keeps its keys, checkpoints stay portable
     return model, preprocess
 
 
@@ -70,11 +72,11 @@ def stage_step(model: nn.Module, cfg: RunConfig, index: int, stage: StageConfig,
     """
     plan = plan_freeze(model, stage.unfreeze_blocks)
     apply_freeze(model, plan)
-    optimizer = build_optimizer(model, plan, stage, cfg.optim)
+    optimizer = build_optimizer(model, plan, stage, cfg.optim, cfg.trainer.batch_size)
     steps = steps_per_epoch(len(data.train_x), cfg.trainer.batch_size)
     scheduler = build_scheduler(optimizer, stage, steps, cfg.optim.min_lr_ratio)
     regularizer = build_regularizer(stage.regularizer, data.num_classes,
                                     seed=cfg.trainer.seed * 1000 + index)
     return plan, TrainStep(model, optimizer, scheduler, regularizer, preprocess,
                            runtime.autocast, stage.regularizer.label_smoothing,
-                           cfg.optim.grad_clip)
+                           cfg.optim.grad_clip, check_finite=cfg.trainer.sync_every == 1)

@@ -25,7 +25,7 @@ from cutmix_runner.errors import ConfigError
 # (configs/train.yaml lists the same keys; tests/test_structure.py checks that they agree).
 RESULT_NEUTRAL: dict[str, tuple[str, ...]] = {
     "trainer": ("resume", "progress", "device", "num_threads", "eval_batch_size",
-                "keep_freed_memory"),
+                "keep_freed_memory", "sync_every", "cudnn_benchmark", "compile"),
     "data": ("root", "download"),
 }
 
@@ -52,8 +52,9 @@ class ModelConfig:
     # Input resolution; null means the backbone's own pretrained size.
     image_size: int | None = 64
     drop_rate: float = 0.2
-    # Pad depthwise convs before convolving: same model, much faster CPU backward (model.py).
-    explicit_depthwise_padding: bool = True
+    # Pad trained depthwise convs before convolving (model.py): same numbers, a different CPU
+    # kernel. null = decided per device by runtime.explicit_padding_pays (measured both ways).
+    explicit_depthwise_padding: bool | None = None
 
     def validate(self) -> None:
         _check(self.image_size is None or self.image_size >= 8, "model.image_size",
@@ -249,6 +250,10 @@ class ScheduleConfig:
             stage.validate(f"schedule.stages.{name}")
 
 
+# optim.lr_scaling -> exponent of (batch_size / reference_batch_size) applied to every LR.
+LR_SCALING: dict[str, float] = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}
+
+
 @dataclass
 class OptimConfig:
     name: str = "adamw"  # a key of optim.OPTIMIZERS: adamw | sgd
@@ -257,9 +262,19 @@ class OptimConfig:
     # Cosine decays each stage's learning rates to this fraction of their peak.
     min_lr_ratio: float = 0.01
     grad_clip: float | None = None
+    # The stages' learning rates are tuned at `reference_batch_size`; at another batch size they
+    # are multiplied by (batch / reference) ** 0.5 for "sqrt" (the rule for Adam-type optimizers),
+    # by batch / reference for "linear" (SGD), or left alone for "none".
+    lr_scaling: str = "none"
+    reference_batch_size: int = 128
+    # null: torch's fused AdamW/SGD kernels on CUDA (one launch per step), its default elsewhere.
+    fused: bool | None = None
 
     def validate(self) -> None:
         _check(self.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
+        _check(self.lr_scaling in LR_SCALING, "optim.lr_scaling",
+               f"must be one of {', '.join(LR_SCALING)}, got '{self.lr_scaling}'")
+        _check(self.reference_batch_size >= 1, "optim.reference_batch_size", "must be >= 1")
         _check(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]")
         _check(self.grad_clip is None or self.grad_clip > 0, "optim.grad_clip",
                "must be positive or null")
@@ -291,6 +306,14 @@ class TrainerConfig:
     # also keeps the single-view numbers). Validation, model selection and the diagnostics
     # always use the single view.
     test_flip: bool = True
+    # Read the training loss back every N steps (progress bar, non-finite check). 1 checks each
+    # loss before its update; on CUDA each read makes the host wait for the GPU, so trainer=gpu
+    # reads every 50 steps, and a non-finite loss then stops the run up to 49 updates late.
+    sync_every: int = 1
+    cudnn_benchmark: bool = True  # CUDA: time cuDNN's algorithms once per shape, keep the fastest
+    # torch.compile the model (CUDA mostly); the first step of each stage and the first eval
+    # pay the compile time, which each epoch's record reports as first_step_seconds.
+    compile: bool = False
 
     def validate(self) -> None:
         _check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
@@ -304,6 +327,7 @@ class TrainerConfig:
         _check(self.flip_subset >= 0, "trainer.flip_subset", "must be >= 0")
         _check(self.flip_noise_sigma >= 0, "trainer.flip_noise_sigma", "must be >= 0")
         _check(self.flip_max_shift >= 1, "trainer.flip_max_shift", "must be >= 1")
+        _check(self.sync_every >= 1, "trainer.sync_every", "must be >= 1")
 
 
 @dataclass

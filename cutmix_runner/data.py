@@ -18,7 +18,7 @@ import torch
 
 from cutmix_runner.config import DataConfig
 from cutmix_runner.errors import DataError
-from cutmix_runner.transforms import random_hflip, random_translate
+from cutmix_runner.transforms import flip_where, shift
 
 log = logging.getLogger(__name__)
 
@@ -227,18 +227,26 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
 
 def train_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, g: torch.Generator,
                   pad: int, hflip: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """One epoch of shuffled, augmented uint8 batches.
+    """One epoch of shuffled, augmented uint8 batches (pad-and-crop by up to `pad`, flips).
 
-    The last partial batch is kept unless it holds a single image, which BatchNorm cannot train on.
+    Every random number of the epoch (order, crop offsets, flips) is drawn up front from the CPU
+    generator `g` and moved to the data's device once: CPU and CUDA runs augment alike, and a GPU
+    never waits on the host for a batch's draws. The last partial batch is kept unless it holds a
+    single image, which BatchNorm cannot train on.
     """
-    order = torch.randperm(len(x), generator=g).to(x.device)
-    for start in range(0, len(x), batch_size):
-        idx = order[start:start + batch_size]
-        if len(idx) == 1 and len(x) > 1:
+    n = len(x)
+    order = torch.randperm(n, generator=g)
+    shifts = pad - torch.randint(0, 2 * pad + 1, (2, n), generator=g)  # dy, dx in [-pad, pad]
+    flips = torch.rand(n, generator=g) < 0.5
+    order, shifts, flips = (t.to(x.device, non_blocking=True) for t in (order, shifts, flips))
+    for start in range(0, n, batch_size):
+        span = slice(start, start + batch_size)
+        idx = order[span]
+        if len(idx) == 1 and n > 1:
             break  # see steps_per_epoch
-        xb = random_translate(x[idx], pad, g)
+        xb = shift(x[idx], shifts[0, span], shifts[1, span], pad) if pad else x[idx]
         if hflip:
-            xb = random_hflip(xb, g)
+            xb = flip_where(xb, flips[span])
         yield xb, y[idx]
 
 

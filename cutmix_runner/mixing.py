@@ -88,9 +88,10 @@ def _check_common(prob: float, alpha: float, min_area: float, max_area: float) -
 def _own_share(partner: torch.Tensor, lam: torch.Tensor) -> tuple[float, float]:
     """(mean weight of each image's own label, fraction of images actually changed).
 
-    An image paired with itself, or given an empty box, keeps its whole label.
+    An image paired with itself, or given an empty box, keeps its whole label. Takes the CPU
+    draws, before they move to the batch's device, so that no step waits on the GPU for them.
     """
-    changed = (partner != torch.arange(len(partner), device=partner.device)) & (lam < 1)
+    changed = (partner != torch.arange(len(partner))) & (lam < 1)
     own = torch.where(changed, lam, torch.ones_like(lam))
     return float(own.mean()), float(changed.float().mean())
 
@@ -150,12 +151,13 @@ class CutMix(Regularizer):
             return MixResult(images, targets, 1.0, 0.0)
         n, _, h, w = images.shape
         top, bottom, left, right = box_for_area(h, w, self.sample_area(), self.generator)
-        partner = torch.randperm(n, generator=self.generator).to(images.device)
+        partner = torch.randperm(n, generator=self.generator)
+        lam = 1.0 - (bottom - top) * (right - left) / (h * w)
+        share = _own_share(partner, torch.full((n,), lam))
+        partner = partner.to(images.device, non_blocking=True)
         mixed = images.clone()
         mixed[:, :, top:bottom, left:right] = images[partner, :, top:bottom, left:right]
-        lam = 1.0 - (bottom - top) * (right - left) / (h * w)
-        return MixResult(mixed, lam * targets + (1.0 - lam) * targets[partner],
-                         *_own_share(partner, torch.full((n,), lam, device=images.device)))
+        return MixResult(mixed, lam * targets + (1.0 - lam) * targets[partner], *share)
 
 
 class MixUp(Regularizer):
@@ -178,11 +180,13 @@ class MixUp(Regularizer):
             lam = torch.from_numpy(beta_sample(self.alpha, self.generator, n)).float()
         else:
             lam = torch.full((n,), float(beta_sample(self.alpha, self.generator)))
-        lam = lam.to(images.device)
-        partner = torch.randperm(n, generator=self.generator).to(images.device)
+        partner = torch.randperm(n, generator=self.generator)
+        share = _own_share(partner, lam)
+        lam = lam.to(images.device, non_blocking=True)
+        partner = partner.to(images.device, non_blocking=True)
         mixed = lam.view(n, 1, 1, 1) * images + (1 - lam.view(n, 1, 1, 1)) * images[partner]
         mixed_targets = lam[:, None] * targets + (1 - lam[:, None]) * targets[partner]
-        return MixResult(mixed.to(images.dtype), mixed_targets, *_own_share(partner, lam))
+        return MixResult(mixed.to(images.dtype), mixed_targets, *share)
 
 
 class RandomErasing(Regularizer):
@@ -230,13 +234,14 @@ class RandomErasing(Regularizer):
         if self.prob <= 0:
             return MixResult(images, targets, 1.0, 0.0)
         n, _, h, w = images.shape
-        mask = self.boxes(n, h, w).to(images.device)[:, None]
+        mask = self.boxes(n, h, w)
+        fraction = float(mask.flatten(1).any(1).float().mean())  # on the CPU: no device sync
+        mask = mask.to(images.device, non_blocking=True)[:, None]
         if self.fill == "random":
             noise = torch.randn(images.shape, generator=self.generator).to(images)
         else:
             noise = torch.zeros_like(images)
         erased = torch.where(mask, noise, images)
-        fraction = float(mask.flatten(1).any(1).float().mean())
         return MixResult(erased, targets, 1.0, fraction)
 
 

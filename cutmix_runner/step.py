@@ -1,12 +1,14 @@
 """One optimisation step, shared by the training loop and `make bench`, so that the benchmark
 times the step a run takes: preprocess, regularize, forward (under autocast), the soft-target
 loss with explicit label smoothing, backward, gradient clipping, optimizer and LR scheduler
-steps. (The loop also reads each step's loss back with `StepTally.add`, one device sync per
-step; the benchmark does not.)
+steps. The loss stays on the device: `StepTally` sums it there and the loop reads it back every
+`trainer.sync_every` steps, so a GPU is never made to wait for the host mid-epoch.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +43,9 @@ class TrainStep:
     autocast: Callable[[], Any]
     label_smoothing: float = 0.0
     grad_clip: float | None = None
+    # Check each loss before its update (a host sync per step: free on CPU, costly on CUDA).
+    # Off, the loop checks the summed loss at each read-back instead (trainer.sync_every).
+    check_finite: bool = True
 
 
 def train_step(step: TrainStep, images: torch.Tensor, labels: torch.Tensor,
@@ -53,7 +58,7 @@ def train_step(step: TrainStep, images: torch.Tensor, labels: torch.Tensor,
     loss = soft_target_cross_entropy(logits, smooth(mix.targets, step.label_smoothing))
     if loss_hook is not None:
         loss = loss_hook(loss)
-    if not torch.isfinite(loss):
+    if step.check_finite and not torch.isfinite(loss):
         raise NonFiniteLoss
     step.optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -66,23 +71,43 @@ def train_step(step: TrainStep, images: torch.Tensor, labels: torch.Tensor,
 
 @dataclass
 class StepTally:
-    """Image-weighted sums over the steps of an epoch, for its metrics record."""
+    """Image-weighted sums over the steps of an epoch, for its metrics record. The loss sum stays
+    a device tensor; `mean_loss` is the only read-back (one host sync)."""
 
-    loss: float = 0.0
+    started: float = 0.0  # time.perf_counter() before the first step
+    loss: torch.Tensor | float = 0.0
     images: int = 0
     mixed_images: float = 0.0
     lam: float = 0.0
+    # Wall time of the epoch's first step, device work included: where torch.compile, cuDNN's
+    # algorithm search and the optimizer's state allocation show up.
+    first_step_seconds: float = 0.0
 
-    def add(self, result: StepResult) -> float:
-        """Count one step; returns its loss as a float (one device sync per step)."""
-        loss = result.loss.item()
-        self.loss += loss * result.batch_size
+    def read_back(self, step_index: int, every: int) -> float | None:
+        """After 0-based step `step_index`: every `every` steps, the mean loss so far (one host
+        sync), or NonFiniteLoss once it is NaN or infinite; else None. Times the first step."""
+        if step_index == 0:
+            self.mean_loss()  # waits for the device
+            self.first_step_seconds = time.perf_counter() - self.started
+        if (step_index + 1) % every:
+            return None
+        loss = self.mean_loss()
+        if not math.isfinite(loss):
+            raise NonFiniteLoss
+        return loss
+
+    def add(self, result: StepResult) -> None:
+        self.loss = self.loss + result.loss * result.batch_size
         self.images += result.batch_size
         self.mixed_images += result.mixed_fraction * result.batch_size
         self.lam += result.lam * result.batch_size
-        return loss
+
+    def mean_loss(self) -> float:
+        """The mean loss so far (NaN or inf once any step's loss was)."""
+        return float(self.loss) / max(self.images, 1)
 
     def record(self, seconds: float) -> dict[str, float]:
-        return {"train_loss": self.loss / self.images,
+        return {"train_loss": self.mean_loss(),
                 "mixed_fraction": self.mixed_images / self.images,
-                "mean_lambda": self.lam / self.images, "images_per_second": self.images / seconds}
+                "mean_lambda": self.lam / self.images, "images_per_second": self.images / seconds,
+                "first_step_seconds": round(self.first_step_seconds, 4)}

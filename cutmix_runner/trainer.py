@@ -179,6 +179,7 @@ def train_epoch(run: Run, name: str, stage: StageConfig, epoch: int, plan: Freez
                leave=False, disable=not run.show_bars, desc=f"{name} {epoch + 1}/{stage.epochs}")
     start = time.perf_counter()
     tally = train_steps(run, step, bar, where=f"stage '{name}', epoch {epoch + 1}")
+    tally.mean_loss()  # waits for the device, so that the time below is the true one
     train_seconds = time.perf_counter() - start
     lr_end = {g["name"]: g["lr"] for g in step.optimizer.param_groups}
     evaluation = run.evaluator.epoch(run.data, *run.clean_train)
@@ -198,20 +199,22 @@ def train_epoch(run: Run, name: str, stage: StageConfig, epoch: int, plan: Freez
 
 
 def train_steps(run: Run, step: TrainStep, batches: tqdm, where: str) -> StepTally:
-    """One `train_step` per batch; stops the run on a non-finite loss or a stop request."""
-    tally = StepTally()
+    """One `train_step` per batch, the loss read back every `trainer.sync_every` steps; stops
+    the run on a non-finite loss or a stop request."""
+    tally, sync_every = StepTally(time.perf_counter()), run.cfg.trainer.sync_every
     for i, (xb, yb) in enumerate(batches):
         run.progress.global_step += 1
         faults.at_step("kill_step", run.progress.global_step)
         try:
-            result = train_step(step, xb, yb,
-                                functools.partial(faults.poison, step=run.progress.global_step))
+            tally.add(train_step(step, xb, yb,
+                                 functools.partial(faults.poison, step=run.progress.global_step)))
+            loss = tally.read_back(i, sync_every)
         except NonFiniteLoss:
-            raise RunError(f"non-finite loss in {where}, step {i + 1}; lower the learning rates. "
+            at = f"step {i + 1}" if sync_every == 1 else f"by step {i + 1}"
+            raise RunError(f"non-finite loss in {where}, {at}; lower the learning rates. "
                            f"{run.ckpt_dir / checkpoint.LAST} holds the last good epoch") from None
         interrupts.check()  # abandons the rest of the epoch; last.pt holds the previous one
-        loss = tally.add(result)
-        if i % 20 == 0:
+        if loss is not None and (i + 1) % (sync_every * max(1, 20 // sync_every)) == 0:
             batches.set_postfix(loss=f"{loss:.3f}")
     return tally
 

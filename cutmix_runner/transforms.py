@@ -40,8 +40,8 @@ def shift(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, pad: int) -> torc
     """
     n, _, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad))
-    top = (pad - dy).to(x.device)
-    left = (pad - dx).to(x.device)
+    top = (pad - dy).to(x.device, non_blocking=True)
+    left = (pad - dx).to(x.device, non_blocking=True)
     rows = (top[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
     cols = (left[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
     batch = torch.arange(n, device=x.device)[:, None, None, None]
@@ -60,9 +60,13 @@ def random_translate(x: torch.Tensor, pad: int, g: torch.Generator) -> torch.Ten
     return shift(x, pad - top, pad - left, pad)
 
 
+def flip_where(x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """Mirror image i left-right where flip[i] is True."""
+    return torch.where(flip.to(x.device)[:, None, None, None], x.flip(-1), x)
+
+
 def random_hflip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    flip = (torch.rand(x.shape[0], generator=g) < 0.5).to(x.device)
-    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+    return flip_where(x, torch.rand(x.shape[0], generator=g) < 0.5)
 
 
 def gaussian_noise(x: torch.Tensor, sigma: float, seed: int) -> torch.Tensor:

@@ -1,25 +1,45 @@
 """Training and evaluation throughput, measured side by side in one process.
 
-Absolute images/s vary with the host; the ratios between rows measured in the same run are
-what to compare. Writes a Markdown table (and the exact command) to --out.
+Three ways to feed the same training step (same model, freezing, optimizer, CutMix on every
+batch), for the head-only, top-3, top-5 and all-blocks settings:
+  ours      - the run's pipeline: whole-dataset uint8 tensor, batched augmentation
+              (data.train_batches) and the run's own step (step.train_step);
+  standard  - what a user would otherwise write: a torchvision Dataset over PIL images
+              (RandomCrop(32, padding=4), RandomHorizontalFlip, Resize, ToTensor, Normalize),
+              a DataLoader with 2 workers, and timm's Mixup in CutMix mode;
+  model     - the model-only bound: the same forward, loss, backward and update on a batch that
+              is already preprocessed and mixed.
+Then the settings behind the run's defaults (memory format, depthwise padding, bf16).
+
+Absolute images/s vary with the host; the ratios between rows measured in the same run are what
+to compare. Replaces the "CPU benchmark" section of --out (or appends a dated section with
+--append), keeping everything else in the file.
 
     python scripts/bench_throughput.py --out docs/benchmarks.md
+    python scripts/bench_throughput.py --device cuda --sizes 64 224 --batches 128 512 --append
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import platform
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torchvision.transforms as T
+from PIL import Image
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
 
 from cutmix_runner import build
 from cutmix_runner.config import (
     ModelConfig,
+    OptimConfig,
     RegularizerConfig,
     RunConfig,
     StageConfig,
@@ -27,138 +47,270 @@ from cutmix_runner.config import (
 )
 from cutmix_runner.data import Splits, train_batches
 from cutmix_runner.evaluation import predict
-from cutmix_runner.mixing import CutMix
-from cutmix_runner.model import build_model, set_train_mode
-from cutmix_runner.runtime import Runtime
-from cutmix_runner.step import train_step
-from cutmix_runner.transforms import Preprocess, random_hflip, random_translate
+from cutmix_runner.mixing import Regularizer
+from cutmix_runner.model import set_train_mode
+from cutmix_runner.runtime import Runtime, cpu_flags
+from cutmix_runner.step import TrainStep, train_step
 
-CPU_FP32 = Runtime(torch.device("cpu"), "fp32")
-
-
-def _timed(step: Callable[[], object], warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        step()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        step()
-    return (time.perf_counter() - start) / repeats
+SETTINGS = {"head only": 0, "top 3 blocks": 3, "top 5 blocks": 5, "all blocks": -1}
+TARGETS = {"head only": 1.5, "top 3 blocks": 1.1}  # ours / standard, from issue 11
+MODEL_ONLY_TARGET = 0.9  # ours / model-only
+BEGIN, END = "<!-- bench:cpu -->", "<!-- /bench:cpu -->"
 
 
-def _random_splits(n: int) -> Splits:
-    x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8)
-    y = torch.randint(0, 10, (n,))
-    return Splits(x, y, x[:1], y[:1], x[:1], y[:1], tuple(str(i) for i in range(10)))
+@dataclass
+class Bench:
+    """What every measurement shares: where, at which size and batch, for how many steps."""
+
+    runtime: Runtime
+    size: int
+    batch: int
+    repeats: int
+    model: ModelConfig
+    warmup: int = 2
+
+    def config(self, channels_last: bool = True, explicit_padding: bool | None = None) -> RunConfig:
+        model = ModelConfig(name=self.model.name, weights=self.model.weights,
+                            image_size=self.size, explicit_depthwise_padding=explicit_padding)
+        return RunConfig(model=model, optim=OptimConfig(),
+                         trainer=TrainerConfig(batch_size=self.batch, channels_last=channels_last))
+
+    def timed(self, step: Callable[[], object]) -> float:
+        """Images/s of `step` (one batch), after warm-up, waiting for the device at both ends."""
+        for _ in range(self.warmup):
+            step()
+        self.sync()
+        start = time.perf_counter()
+        for _ in range(self.repeats):
+            step()
+        self.sync()
+        return self.batch * self.repeats / (time.perf_counter() - start)
+
+    def sync(self) -> None:
+        if self.runtime.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    @property
+    def images(self) -> int:
+        return self.batch * (self.warmup + self.repeats)
 
 
-def bench_train(channels_last: bool, unfreeze_blocks: int, batch: int, size: int,
-                repeats: int, explicit_padding: bool = True) -> float:
-    """Images/s of the run's own training step (step.train_step, built by build.stage_step):
-    uint8 batch -> translate, flip -> preprocess -> CutMix -> forward, loss, backward, update."""
-    cfg = RunConfig(model=ModelConfig(image_size=size,
-                                      explicit_depthwise_padding=explicit_padding),
-                    trainer=TrainerConfig(batch_size=batch, channels_last=channels_last))
-    stage = StageConfig(unfreeze_blocks=unfreeze_blocks,
-                        regularizer=RegularizerConfig(name="cutmix", prob=1.0))
-    data = _random_splits(batch)
-    model, preprocess = build.model_and_preprocess(cfg, data.num_classes, CPU_FP32.device)
-    plan, step = build.stage_step(model, cfg, 0, stage, data, preprocess, CPU_FP32)
-    set_train_mode(model, plan)
+def random_splits(n: int, device: torch.device) -> Splits:
     g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 10, (n,), generator=g)
+    return Splits(x, y, x[:1], y[:1], x[:1], y[:1], tuple(str(i) for i in range(10))).to(device)
+
+
+def stage_step(bench: Bench, unfreeze: int, cfg: RunConfig | None = None,
+               data: Splits | None = None) -> tuple[TrainStep, Splits, RunConfig]:
+    """The run's own step for a stage training `unfreeze` blocks with CutMix on every batch."""
+    cfg = cfg or bench.config()
+    data = data or random_splits(bench.images, bench.runtime.device)
+    stage = StageConfig(unfreeze_blocks=unfreeze,
+                        regularizer=RegularizerConfig(name="cutmix", prob=1.0))
+    model, preprocess = build.model_and_preprocess(cfg, data.num_classes, bench.runtime.device)
+    plan, step = build.stage_step(model, cfg, 0, stage, data, preprocess, bench.runtime)
+    set_train_mode(model, plan)
+    return step, data, cfg
+
+
+def cycle(batches: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]
+          ) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
+    """next() over epochs of `batches()`, restarting when one ends."""
+    state: dict[str, Iterator] = {"it": batches()}
+
+    def next_batch() -> tuple[torch.Tensor, torch.Tensor]:
+        try:
+            return next(state["it"])
+        except StopIteration:
+            state["it"] = batches()
+            return next(state["it"])
+    return next_batch
+
+
+def ours(bench: Bench, unfreeze: int, **config: bool | None) -> float:
+    """uint8 batch -> translate, flip -> preprocess -> CutMix -> forward, loss, backward, update."""
+    step, data, cfg = stage_step(bench, unfreeze, bench.config(**config))
+    g = torch.Generator().manual_seed(0)
+    next_batch = cycle(lambda: train_batches(data.train_x, data.train_y, bench.batch, g,
+                                             cfg.data.pad, cfg.data.hflip))
+    return bench.timed(lambda: train_step(step, *next_batch()))
+
+
+class PILImages(torch.utils.data.Dataset):
+    """CIFAR-style images as PIL, one per __getitem__, through torchvision transforms."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, transform: Callable) -> None:
+        self.x = x.permute(0, 2, 3, 1).cpu().numpy()
+        self.y = y.cpu().numpy()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.transform(Image.fromarray(self.x[i])), int(self.y[i])
+
+
+def standard(bench: Bench, unfreeze: int) -> float:
+    """The same model, optimizer and schedule fed by DataLoader workers and timm's Mixup."""
+    step, data, _ = stage_step(bench, unfreeze)
+    mean = tuple(float(m) / 255 for m in step.preprocess.mean.flatten())
+    std = tuple(float(s) / 255 for s in step.preprocess.std.flatten())
+    transform = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(),
+                           T.Resize(bench.size), T.ToTensor(), T.Normalize(mean, std)])
+    cuda = bench.runtime.device.type == "cuda"
+    loader = torch.utils.data.DataLoader(
+        PILImages(data.train_x, data.train_y, transform), batch_size=bench.batch, shuffle=True,
+        num_workers=2, drop_last=True, persistent_workers=True, pin_memory=cuda)
+    # label_smoothing=0 on purpose: timm's default (0.1) would smooth silently.
+    mixup = Mixup(mixup_alpha=0.0, cutmix_alpha=1.0, prob=1.0, label_smoothing=0.0,
+                  num_classes=10)
+    criterion = SoftTargetCrossEntropy()
+    next_batch = cycle(lambda: iter(loader))
+    memory_format = step.preprocess.memory_format
 
     def one_step() -> None:
-        for xb, yb in train_batches(data.train_x, data.train_y, batch, g, cfg.data.pad,
-                                    cfg.data.hflip):
-            train_step(step, xb, yb)
+        x, y = next_batch()
+        x = x.to(bench.runtime.device, non_blocking=True, memory_format=memory_format)
+        x, target = mixup(x, y.to(bench.runtime.device, non_blocking=True))
+        with step.autocast():
+            logits = step.model(x)
+        loss = criterion(logits.float(), target)
+        step.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        step.optimizer.step()
+        step.scheduler.step()
 
-    return batch / _timed(one_step, 2, repeats)
-
-
-def bench_eval(channels_last: bool, bf16: bool, batch: int, size: int, repeats: int) -> float:
-    """Images/s of the evaluation pass (evaluation.predict)."""
-    model = build_model(ModelConfig(image_size=size), 10)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(memory_format=fmt)
-    pre = Preprocess(size, (0.5,) * 3, (0.5,) * 3, channels_last)
-    x = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8)
-    runtime = Runtime(torch.device("cpu"), "bf16" if bf16 else "fp32")
-    return batch / _timed(lambda: predict(model, x, pre, batch, runtime.autocast), 1, repeats)
+    return bench.timed(one_step)
 
 
-def bench_pipeline(batch: int, size: int, repeats: int) -> float:
-    """uint8 batch -> translate, flip, resize, normalise, CutMix: ms per batch."""
-    pre = Preprocess(size, (0.5,) * 3, (0.5,) * 3, True)
-    mixer = CutMix(10, prob=1.0)
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8)
-    y = torch.randint(0, 10, (batch,))
-    return 1000 * _timed(lambda: mixer(pre(random_hflip(random_translate(x, 4, g), g)), y), 2,
-                         repeats * 5)
+def model_only(bench: Bench, unfreeze: int) -> float:
+    """The run's step on one batch that is already preprocessed (float, model size) and needs no
+    mixing: forward, loss, backward, update, nothing else."""
+    step, data, _ = stage_step(bench, unfreeze)
+    images = step.preprocess(data.train_x[:bench.batch])
+    labels = data.train_y[:bench.batch]
+    step.preprocess = lambda x: x
+    step.regularizer = Regularizer(10, prob=0.0)
+    return bench.timed(lambda: train_step(step, images, labels))
 
 
-def _cpu() -> str:
-    """The CPU's model name and the vector/matrix extensions that decide fp32 and bf16 speed."""
+def three_way(bench: Bench) -> list[str]:
+    rows = []
+    for name, unfreeze in SETTINGS.items():
+        o, s, m = ours(bench, unfreeze), standard(bench, unfreeze), model_only(bench, unfreeze)
+        rows.append(f"| {bench.size} px, batch {bench.batch}, {name} | {o:.0f} | {s:.0f} | "
+                    f"{m:.0f} | **{o / s:.2f}**{_target(o / s, TARGETS.get(name))} | "
+                    f"**{o / m:.2f}**{_target(o / m, MODEL_ONLY_TARGET)} |")
+    return rows
+
+
+def _target(ratio: float, target: float | None) -> str:
+    if target is None:
+        return ""
+    return f" (target ≥ {target}: {'met' if ratio >= target else 'missed'})"
+
+
+def eval_speed(bench: Bench, precision: str) -> float:
+    step, data, _ = stage_step(bench, 0)
+    runtime = Runtime(bench.runtime.device, precision)
+    x = data.train_x[:bench.batch]
+    return bench.timed(lambda: predict(step.model, x, step.preprocess, bench.batch,
+                                       runtime.autocast))
+
+
+def settings(bench: Bench) -> list[str]:
+    """Each default the run picks by measurement, on and off, side by side."""
+    rows = []
+    contiguous = ours(bench, -1, channels_last=False)
+    cl = ours(bench, -1)
+    rows.append(f"| all blocks: channels_last vs contiguous | {cl:.0f} | {contiguous:.0f} | "
+                f"{cl / contiguous:.2f} |")
+    for name in ("top 3 blocks", "top 5 blocks", "all blocks"):
+        explicit = ours(bench, SETTINGS[name], explicit_padding=True)
+        builtin = ours(bench, SETTINGS[name], explicit_padding=False)
+        rows.append(f"| {name}: explicit depthwise padding vs conv-internal | {explicit:.0f} | "
+                    f"{builtin:.0f} | {explicit / builtin:.2f} |")
+    for name in ("head only", "top 3 blocks"):
+        fp32 = ours(bench, SETTINGS[name])
+        bench_bf16 = Bench(Runtime(bench.runtime.device, "bf16"), bench.size, bench.batch,
+                           bench.repeats, bench.model)
+        bf16 = ours(bench_bf16, SETTINGS[name])
+        rows.append(f"| {name}: train bf16 autocast vs fp32 | {bf16:.0f} | {fp32:.0f} | "
+                    f"{bf16 / fp32:.2f} |")
+    fp32, bf16 = eval_speed(bench, "fp32"), eval_speed(bench, "bf16")
+    rows.append(f"| eval: bf16 autocast vs fp32 | {bf16:.0f} | {fp32:.0f} | {bf16 / fp32:.2f} |")
+    return rows
+
+
+def machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     name = next((line.split(":", 1)[1].strip() for line in info.splitlines()
                  if line.startswith("model name")), platform.machine())
-    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines()
-                      if line.startswith("flags")), []))
-    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    return f"{name} ({', '.join(isa) or 'no AVX2'})"
+    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in cpu_flags()]
+    return (f"{name} ({', '.join(isa) or 'no AVX2'}), {torch.get_num_threads()} threads, "
+            f"torch {torch.__version__}")
+
+
+def report(args: argparse.Namespace, command: str) -> str:
+    device = torch.device(args.device)
+    precision = "bf16" if device.type == "cuda" else "fp32"
+    model = ModelConfig(name=args.model, weights="none")
+    lines = [f"Made by `{command}` on {machine(device)}, {args.model}, "
+             f"{datetime.date.today().isoformat()}.", "",
+             "| setting | ours img/s | standard img/s | model-only img/s | ours / standard | "
+             "ours / model-only |", "|---|---:|---:|---:|---:|---:|"]
+    for size in args.sizes:
+        for batch in args.batches:
+            bench = Bench(Runtime(device, precision), size, batch, args.repeats, model)
+            lines += three_way(bench)
+    if device.type == "cpu":
+        bench = Bench(Runtime(device, "fp32"), args.sizes[0], args.batches[0], args.repeats,
+                      model)
+        lines += ["", f"Settings at {bench.size} px, batch {bench.batch} (training rows: ours):",
+                  "", "| setting | on img/s | off img/s | on / off |", "|---|---:|---:|---:|"]
+        lines += settings(bench)
+    return "\n".join(lines) + "\n"
+
+
+def write(out: Path, body: str, append: bool, title: str) -> None:
+    """Replace the marked CPU section of `out` (or append a dated one), keep the rest."""
+    text = out.read_text() if out.exists() else "# Benchmarks\n\n"
+    if append:
+        text = text.rstrip("\n") + f"\n\n## {title}\n\n{body}"
+    elif BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + BEGIN + "\n" + body + END + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + f"\n\n## {title}\n\n{BEGIN}\n{body}{END}\n"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64])
+    parser.add_argument("--batches", type=int, nargs="+", default=[128])
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--model", default="tf_efficientnet_lite0",
+                        help="timm name; random weights (speed does not depend on them)")
+    parser.add_argument("--append", action="store_true",
+                        help="append a dated section instead of replacing the CPU one")
     args = parser.parse_args()
-    b, s, r = args.batch, args.size, args.repeats
-
-    rows = []
-    base = bench_train(False, -1, b, s, r)
-    rows.append(("train, all blocks, contiguous", base, 1.0))
-    for unfreeze, label in ((-1, "all blocks"), (5, "top 5 blocks"), (3, "top 3 blocks"),
-                            (1, "head + last block"), (0, "head only")):
-        ips = bench_train(True, unfreeze, b, s, r)
-        rows.append((f"train, {label}, channels_last", ips, ips / base))
-    # Side by side: the depthwise-padding fix (model.py) on and off, everything else equal.
-    for unfreeze, label in ((-1, "all blocks"), (5, "top 5 blocks"), (3, "top 3 blocks")):
-        builtin = bench_train(True, unfreeze, b, s, r, explicit_padding=False)
-        explicit = bench_train(True, unfreeze, b, s, r, explicit_padding=True)
-        rows.append((f"train, {label}, channels_last, conv-internal padding", builtin, 1.0))
-        rows.append((f"train, {label}, channels_last, explicit depthwise padding", explicit,
-                     explicit / builtin))
-    eval_base = bench_eval(False, False, b, s, r)
-    rows.append(("eval fp32, contiguous", eval_base, 1.0))
-    for cl, bf, label in ((True, False, "eval fp32, channels_last"),
-                          (True, True, "eval bf16 autocast, channels_last")):
-        ips = bench_eval(cl, bf, b, s, r)
-        rows.append((label, ips, ips / eval_base))
-    pipeline_ms = bench_pipeline(b, s, r)
-
-    command = f"python scripts/bench_throughput.py --batch {b} --size {s} --repeats {r}"
-    lines = [
-        "# Benchmarks",
-        "",
-        f"Made by `{command}` (or `make bench`) on {_cpu()}, {torch.get_num_threads()} threads, "
-        f"torch {torch.__version__}, tf_efficientnet_lite0 at {s} px, batch {b}.",
-        "Training rows time the run's own `step.train_step` (built by `build.stage_step`, fed "
-        "by `data.train_batches`, CutMix on every batch); eval rows time `evaluation.predict`.",
-        "Ratios compare rows of the same block, measured in the same run; absolute numbers "
-        "vary with the host.",
-        "",
-        "| setting | images/s | ratio |",
-        "|---|---:|---:|",
-    ]
-    lines += [f"| {name} | {ips:.0f} | {ratio:.2f} |" for name, ips, ratio in rows]
-    lines += ["", f"Batch pipeline (translate, flip, resize, normalise, CutMix): "
-              f"{pipeline_ms:.1f} ms per batch of {b}.", ""]
-    text = "\n".join(lines)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    sys.stdout.write(text)
+    if args.device.startswith("cuda"):
+        torch.backends.cudnn.benchmark = True
+    command = "python scripts/bench_throughput.py " + " ".join(sys.argv[1:])
+    body = report(args, command.strip())
+    title = ("CPU benchmark (`make bench`)" if not args.append
+             else f"{args.device} benchmark, {datetime.date.today().isoformat()}")
+    write(args.out, body, args.append, title)
+    sys.stdout.write(body)
 
 
 if __name__ == "__main__":

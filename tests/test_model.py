@@ -82,7 +82,7 @@ def _train_a_few_steps(model: torch.nn.Module, unfreeze_blocks: int) -> None:
     plan = plan_freeze(model, unfreeze_blocks)
     apply_freeze(model, plan)
     stage = StageConfig(unfreeze_blocks=unfreeze_blocks, lr_head=1e-2, lr_backbone=1e-2)
-    opt = build_optimizer(model, plan, stage, OptimConfig())
+    opt = build_optimizer(model, plan, stage, OptimConfig(), 128)
     torch.manual_seed(0)
     for _ in range(3):
         set_train_mode(model, plan)
@@ -140,7 +140,8 @@ def test_explicit_depthwise_padding_gives_the_same_outputs_and_gradients() -> No
 
 
 def test_explicit_padding_swaps_only_plain_depthwise_convs() -> None:
-    model = build_model(ModelConfig(name="tf_efficientnet_lite0", weights="none"), 10)
+    model = build_model(ModelConfig(name="tf_efficientnet_lite0", weights="none",
+                                    explicit_depthwise_padding=True), 10)
     keys = list(model.state_dict())
     swapped = [m for m in model.modules() if isinstance(m, PaddedDepthwiseConv2d)]
     # lite0 has 16 depthwise convs; the 4 with stride 2 use timm's own dynamic "same" padding.

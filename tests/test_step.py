@@ -53,10 +53,32 @@ def test_a_non_finite_loss_stops_before_the_weights_change() -> None:
     assert step.optimizer.param_groups[0]["lr"] == 0.1
 
 
-def test_the_tally_weights_by_images() -> None:
+def test_the_tally_weights_by_images_and_keeps_the_loss_on_the_device() -> None:
     tally = StepTally()
     step = _step()
-    losses = [tally.add(train_step(step, *_batch())) for _ in range(2)]
+    results = [train_step(step, *_batch()) for _ in range(2)]
+    for result in results:
+        tally.add(result)
+    assert isinstance(tally.loss, torch.Tensor)  # summed where it was computed, not read back
     record = tally.record(seconds=2.0)
-    assert record["train_loss"] == pytest.approx(sum(losses) / 2)
+    assert record["train_loss"] == pytest.approx(sum(float(r.loss) for r in results) / 2)
     assert record["images_per_second"] == 6.0
+
+
+def test_read_back_happens_every_n_steps_and_catches_a_non_finite_loss_late() -> None:
+    """With check_finite off (trainer.sync_every > 1) a NaN passes the step and is caught at
+    the next read-back; in between, nothing is read from the device."""
+    step = _step()
+    step.check_finite = False
+    tally = StepTally()
+    reads = []
+    for i in range(6):
+        hook = (lambda loss: loss * float("nan")) if i == 4 else None
+        tally.add(train_step(step, *_batch(), loss_hook=hook))
+        try:
+            reads.append(tally.read_back(i, every=3))
+        except NonFiniteLoss:
+            reads.append("stopped")
+    assert reads[:2] == [None, None] and reads[3:5] == [None, None]
+    assert isinstance(reads[2], float) and reads[5] == "stopped"
+    assert tally.first_step_seconds > 0
