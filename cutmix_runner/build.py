@@ -19,6 +19,7 @@ from cutmix_runner.model import (
     apply_freeze,
     build_model,
     build_preprocess,
+    compute_frozen_in_bf16,
     plan_freeze,
 )
 from cutmix_runner.optim import build_optimizer, build_scheduler
@@ -72,6 +73,7 @@ def stage_step(model: nn.Module, cfg: RunConfig, index: int, stage: StageConfig,
     """
     plan = plan_freeze(model, stage.unfreeze_blocks)
     apply_freeze(model, plan)
+    compute_frozen_in_bf16(model, plan, runtime.device.type, runtime.frozen_precision == "bf16")
     optimizer = build_optimizer(model, plan, stage, cfg.optim, cfg.trainer.batch_size)
     steps = steps_per_epoch(len(data.train_x), cfg.trainer.batch_size)
     scheduler = build_scheduler(optimizer, stage, steps, cfg.optim.min_lr_ratio)

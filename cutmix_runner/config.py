@@ -284,6 +284,13 @@ class OptimConfig:
 class TrainerConfig:
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+    # Evaluation passes (validation, diagnostics, test): auto = bf16 on CUDA and on CPUs with
+    # native bf16 (AMX, AVX512-BF16), else fp32 | fp32 | bf16
+    eval_precision: str = "auto"
+    # The frozen modules' forward while training (they only extract features): fp32 | bf16 |
+    # auto (bf16 on CPUs with native bf16). fp32 by default: `make bench` measures whether bf16
+    # pays on your CPU (docs/benchmarks.md).
+    frozen_precision: str = "fp32"
     batch_size: int = 128
     eval_batch_size: int = 128
     seed: int = 0
@@ -318,8 +325,10 @@ class TrainerConfig:
     def validate(self) -> None:
         _check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
                "trainer.device", f"must be auto, cpu or cuda, got '{self.device}'")
-        _check(self.precision in ("auto", "fp32", "bf16"), "trainer.precision",
-               f"must be auto, fp32 or bf16, got '{self.precision}'")
+        for key in ("precision", "eval_precision", "frozen_precision"):
+            value = getattr(self, key)
+            _check(value in ("auto", "fp32", "bf16"), f"trainer.{key}",
+                   f"must be auto, fp32 or bf16, got '{value}'")
         _check(self.batch_size >= 1, "trainer.batch_size", "must be >= 1")
         _check(self.eval_batch_size >= 1, "trainer.eval_batch_size", "must be >= 1")
         _check(self.num_threads >= 0, "trainer.num_threads", "must be >= 0")

@@ -77,7 +77,7 @@ def prepare(cfg: RunConfig, out_dir: Path) -> Run:
     data = build.data_splits(cfg, rt.device)
     model, preprocess = build.model_and_preprocess(cfg, data.num_classes, rt.device)
     return Run(cfg, out_dir, rt, data, model,
-               Evaluator(model, preprocess, cfg.trainer, rt.autocast),
+               Evaluator(model, preprocess, cfg.trainer, rt.eval_autocast),
                build.clean_train_subset(data, cfg),
                torch.Generator().manual_seed(cfg.trainer.seed), started,
                MetricsLog(out_dir / "metrics.jsonl"))
@@ -236,7 +236,8 @@ def finish(run: Run) -> dict[str, Any]:
         "train_size": len(data.train_x), "val_size": len(data.val_x),
         "test_size": len(data.test_x), "image_size": evaluator.preprocess.image_size,
         "device": str(run.runtime.device), "device_name": run.runtime.device_name,
-        "precision": run.runtime.precision, "threads": torch.get_num_threads(),
+        "precision": run.runtime.precision, **run.runtime.forward_only_precisions(),
+        "threads": torch.get_num_threads(),
         "total_seconds": round(time.perf_counter() - run.started, 2),
         "versions": runtime.versions(),
     }

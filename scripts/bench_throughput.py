@@ -22,6 +22,7 @@ to compare. Replaces the "CPU benchmark" section of --out (or appends a dated se
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import platform
 import sys
@@ -213,12 +214,15 @@ def _target(ratio: float, target: float | None) -> str:
     return f" (target ≥ {target}: {'met' if ratio >= target else 'missed'})"
 
 
-def eval_speed(bench: Bench, precision: str) -> float:
+def eval_speed(bench: Bench, precision: str, batch: int | None = None) -> float:
+    """Images/s of evaluation.predict over 4 batches of `batch` (default: the bench's)."""
     step, data, _ = stage_step(bench, 0)
+    step.model.eval()
     runtime = Runtime(bench.runtime.device, precision)
-    x = data.train_x[:bench.batch]
-    return bench.timed(lambda: predict(step.model, x, step.preprocess, bench.batch,
-                                       runtime.autocast))
+    batch = batch or bench.batch
+    x = data.train_x[:4 * batch] if len(data.train_x) >= 4 * batch else data.train_x
+    run = Bench(bench.runtime, bench.size, len(x), bench.repeats, bench.model, warmup=1)
+    return run.timed(lambda: predict(step.model, x, step.preprocess, batch, runtime.autocast))
 
 
 def settings(bench: Bench) -> list[str]:
@@ -233,15 +237,21 @@ def settings(bench: Bench) -> list[str]:
         builtin = ours(bench, SETTINGS[name], explicit_padding=False)
         rows.append(f"| {name}: explicit depthwise padding vs conv-internal | {explicit:.0f} | "
                     f"{builtin:.0f} | {explicit / builtin:.2f} |")
-    for name in ("head only", "top 3 blocks"):
-        fp32 = ours(bench, SETTINGS[name])
-        bench_bf16 = Bench(Runtime(bench.runtime.device, "bf16"), bench.size, bench.batch,
-                           bench.repeats, bench.model)
-        bf16 = ours(bench_bf16, SETTINGS[name])
+    device = bench.runtime.device
+    for unfreeze, name in ((1, "head + last block"), (3, "top 3 blocks"), (4, "top 4 blocks")):
+        fp32 = ours(bench, unfreeze)
+        bf16 = ours(dataclasses.replace(bench, runtime=Runtime(device, "bf16")), unfreeze)
+        frozen = ours(dataclasses.replace(bench, runtime=Runtime(device, "fp32", "", "bf16")),
+                      unfreeze)
         rows.append(f"| {name}: train bf16 autocast vs fp32 | {bf16:.0f} | {fp32:.0f} | "
                     f"{bf16 / fp32:.2f} |")
+        rows.append(f"| {name}: frozen modules in bf16 vs fp32 | {frozen:.0f} | {fp32:.0f} | "
+                    f"{frozen / fp32:.2f} |")
     fp32, bf16 = eval_speed(bench, "fp32"), eval_speed(bench, "bf16")
     rows.append(f"| eval: bf16 autocast vs fp32 | {bf16:.0f} | {fp32:.0f} | {bf16 / fp32:.2f} |")
+    large = eval_speed(bench, "fp32", 4 * bench.batch)
+    rows.append(f"| eval fp32: batch {4 * bench.batch} vs {bench.batch} | {large:.0f} | "
+                f"{fp32:.0f} | {large / fp32:.2f} |")
     return rows
 
 
@@ -295,7 +305,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[64])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[80],
+                        help="input px (80: the default run's)")
     parser.add_argument("--batches", type=int, nargs="+", default=[128])
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--model", default="tf_efficientnet_lite0",

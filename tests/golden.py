@@ -32,7 +32,8 @@ IGNORED = {"images_per_second", "seconds", "first_step_seconds", "total_seconds"
 EXACT = {"stage", "stage_index", "epoch", "global_epoch", "stage_end", "regularizer", "reg_prob",
          "reg_min_area", "reg_max_area", "mixed_fraction", "mean_lambda", "lr_start", "lr_end",
          "stages", "name", "epochs", "ended_by", "train_size", "val_size", "test_size",
-         "image_size", "test_protocol", "device", "precision"}
+         "image_size", "test_protocol", "device", "precision", "eval_precision",
+         "frozen_precision"}
 # (relative, absolute) tolerance by key, validation keys without their "val_" prefix; keys not
 # listed here or above use DEFAULT.
 ACCURACY, PER_CLASS, CALIBRATION, CONFIDENCE = (0.0, 0.05), (0.0, 0.2), (0.0, 0.1), (0.0, 0.05)

@@ -13,6 +13,7 @@ from cutmix_runner.model import (
     PaddedDepthwiseConv2d,
     apply_freeze,
     build_model,
+    compute_frozen_in_bf16,
     map_packaged_weights,
     packaged_state_dict,
     pad_depthwise_explicitly,
@@ -151,3 +152,23 @@ def test_explicit_padding_swaps_only_plain_depthwise_convs() -> None:
                                   explicit_depthwise_padding=False), 10)
     assert not any(isinstance(m, PaddedDepthwiseConv2d) for m in off.modules())
     assert list(off.state_dict()) == keys
+
+
+def test_frozen_modules_compute_in_bf16_only_while_training_and_can_be_undone() -> None:
+    model = build_model(ModelConfig(name="test_efficientnet", weights="none", image_size=32), 10)
+    plan = plan_freeze(model, 1)
+    apply_freeze(model, plan)
+    inner = next(m for m in plan.frozen[-1].modules() if isinstance(m, torch.nn.Conv2d))
+    dtypes: list[torch.dtype] = []
+    inner.register_forward_hook(lambda _m, _i, out: dtypes.append(out.dtype))
+    x = torch.randn(2, 3, 32, 32)
+    compute_frozen_in_bf16(model, plan, "cpu", enabled=True)
+    set_train_mode(model, plan)
+    logits = model(x)
+    with torch.no_grad():
+        model(x)  # evaluation: the eval precision decides, not this switch
+    compute_frozen_in_bf16(model, plan, "cpu", enabled=False)
+    model(x)
+    assert dtypes == [torch.bfloat16, torch.float32, torch.float32]
+    assert logits.dtype == torch.float32 and logits.requires_grad
+    assert "forward" not in vars(plan.frozen[-1])
