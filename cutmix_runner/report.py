@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from scipy import stats
 
 from cutmix_runner.config import neutral_keys
 
@@ -27,10 +28,6 @@ SEED_KEYS = {"trainer.seed"}
 # Keys that do not change results: the same list resume uses, plus Hydra's own settings.
 NEUTRAL_PREFIXES = (*neutral_keys(), "hydra.")
 
-# Two-sided 95 % Student t quantiles, df 1..30; beyond that the normal 1.96 is close enough.
-_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
-         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
-         2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
 
 
 class ReportError(ValueError):
@@ -38,10 +35,10 @@ class ReportError(ValueError):
 
 
 def t_quantile(df: float) -> float:
-    """t_{0.975, df}, rounding df down (conservative) for Welch's fractional df."""
+    """t_{0.975, df}, Welch's fractional df included (scipy.stats.t)."""
     if df < 1:
         return math.nan
-    return _T975[int(df) - 1] if df < 31 else 1.96
+    return float(stats.t.ppf(0.975, df))
 
 
 @dataclass

@@ -26,10 +26,12 @@ class Preprocess:
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mean.device != x.device:  # moved once: a copy per batch would sync a GPU
+            self.mean, self.std = self.mean.to(x.device), self.std.to(x.device)
         x = x.float()
         if x.shape[-1] != self.image_size:
             x = F.interpolate(x, size=self.image_size, mode="bilinear", align_corners=False)
-        x = (x - self.mean.to(x.device)) / self.std.to(x.device)
+        x = (x - self.mean) / self.std
         return x.contiguous(memory_format=self.memory_format)
 
 

@@ -19,17 +19,18 @@ ARMS = {"baseline": (0.80, 0.95, 0.06), "cutmix_staged": (0.82, 0.90, 0.03),
 
 def test_mean_ci_matches_a_known_example() -> None:
     est = mean_ci([1.0, 2.0, 3.0])
-    # sd = 1, n = 3, t(0.975, 2) = 4.303: half-width 4.303 / sqrt(3).
-    assert est.mean == 2.0 and est.half_width == pytest.approx(4.303 / math.sqrt(3))
+    # sd = 1, n = 3, t(0.975, 2) = 4.302653 (tables): half-width 4.302653 / sqrt(3).
+    assert est.mean == 2.0 and est.half_width == pytest.approx(4.302653 / math.sqrt(3), rel=1e-6)
     assert math.isnan(mean_ci([5.0]).half_width)
 
 
 def test_welch_difference_matches_a_known_example() -> None:
     a, b = [10.0, 12.0, 14.0], [1.0, 2.0, 3.0]
     est = difference_ci(a, b)
-    # se = sqrt(4/3 + 1/3); Welch df = (5/3)^2 / ((4/3)^2/2 + (1/3)^2/2) = 2.94 -> t(2) = 4.303.
+    # se = sqrt(4/3 + 1/3); Welch df = (5/3)^2 / ((4/3)^2/2 + (1/3)^2/2) = 50/17 = 2.941, and
+    # t(0.975, 50/17) = 3.2188, between the tables' t(0.975, 3) = 3.182 and t(0.975, 2) = 4.303.
     assert est.mean == 10.0
-    assert est.half_width == pytest.approx(4.303 * math.sqrt(5 / 3))
+    assert est.half_width == pytest.approx(3.2188 * math.sqrt(5 / 3), rel=1e-4)
     assert verdict(est, +1) == "supported" and verdict(est, -1) == "contradicted"
     assert verdict(difference_ci([1.0, 2.0, 3.0], [1.5, 2.5, 2.0]), +1) == "inconclusive"
 
