@@ -2,7 +2,7 @@
 # The one GPU check (README "GPU"): a person with a CUDA GPU runs it once; it should finish in
 # about 8 minutes on an H100-class card and append a dated table, with the card's name, to
 # docs/benchmarks.md. Steps:
-#   1. the CUDA tests (tests marked `cuda`);
+#   1. the CUDA tests (tests/test_gpu.py, marked `cuda`);
 #   2. bench_throughput.py on CUDA: ours vs the standard pipeline vs the model-only bound,
 #      at 64 and 224 px, batch 128 and 512;
 #   3. each GPU preset on synthetic data for throughput (first vs later epochs of each stage,
@@ -36,14 +36,14 @@ else
   "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device: run with --dry on CPU')"
   OUT=docs/benchmarks.md
   TEST_ARGS=(-m cuda -q -p no:cacheprovider)
-  BENCH_ARGS=(--device cuda --sizes 64 224 --batches 128 512 --repeats 20)
+  BENCH_ARGS=(--device cuda --sizes 64 224 --batches 128 512 --repeats 10)
   RUN_ARGS=(trainer.device=cuda data.synthetic_train_size=20000 data.val_size=2000
             data.synthetic_test_size=2000)
   ACCURACY=$([[ -d $DATA_ROOT ]] && echo 1 || echo 0)
 fi
 SECONDS=0
 echo "== 1/4 CUDA tests"
-"$PY" -m pytest tests "${TEST_ARGS[@]}" | tail -3
+"$PY" -m pytest tests/test_gpu.py "${TEST_ARGS[@]}" | tail -3
 echo "== 2/4 throughput: ours vs standard pipeline vs model-only ($((SECONDS))s)"
 "$PY" scripts/bench_throughput.py "${BENCH_ARGS[@]}" --append --out "$OUT"
 echo "== 3/4 GPU presets on synthetic data ($((SECONDS))s)"

@@ -26,7 +26,7 @@ def test_default_config_validates_into_three_stages() -> None:
     assert adapt.regularizer.max_area <= 0.25
     assert adapt.lr_backbone < head.lr_head
     assert all(s.regularizer.label_smoothing == 0 for s in run.schedule.stages.values())
-    assert run.model.weights == "packaged" and run.model.image_size == 64
+    assert run.model.weights == "packaged" and run.model.image_size == 80
 
 
 def test_stage_override_path_used_by_sweeps() -> None:
@@ -80,7 +80,8 @@ def test_bad_values_rejected_naming_the_key(override: str, key: str | None) -> N
 
 def test_ramped_values_are_checked_at_every_epoch() -> None:
     with pytest.raises(ConfigError, match=r"late.regularizer.prob.*at stage epoch 3"):
-        validate(_compose("schedule.stages.late.regularizer.ramp.kind=linear",
+        validate(_compose("schedule.stages.late.epochs=4",
+                          "schedule.stages.late.regularizer.ramp.kind=linear",
                           "schedule.stages.late.regularizer.ramp.prob_end=1.4"))
     with pytest.raises(ConfigError, match="prob_steps"):
         validate(_compose("schedule.stages.late.regularizer.ramp.kind=step",
