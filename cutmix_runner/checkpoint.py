@@ -17,7 +17,12 @@ from typing import Any
 import torch
 
 from cutmix_runner.artifacts import atomic_write_bytes
-from cutmix_runner.config import RunConfig, config_difference, result_config
+from cutmix_runner.config import (
+    RunConfig,
+    config_difference,
+    result_config,
+    with_current_defaults,
+)
 from cutmix_runner.errors import RunError
 
 FORMAT = "cutmix-runner/1"
@@ -119,8 +124,13 @@ def load(path: Path, context: str = "trainer.resume") -> RunState:
 
 
 def check_fits(state: RunState, cfg: RunConfig, precision: str, path: Path) -> None:
-    """A resume must run the same config (result-neutral keys aside) in the same precision."""
-    diff = config_difference(state.config, result_config(cfg))
+    """A resume must run the same config (result-neutral keys aside) in the same precision.
+
+    Keys added to the schema after the checkpoint was written take their defaults, so a newer
+    cutmix-runner resumes an older run unless a default it relied on changed.
+    """
+    saved = with_current_defaults(state.config)
+    diff = config_difference(saved, result_config(cfg))
     if diff:
         raise RunError(f"trainer.resume: {path} was made with a different config ({diff})")
     if state.precision != precision:

@@ -392,6 +392,12 @@ def result_config(cfg: RunConfig) -> dict[str, Any]:
     return out
 
 
+def with_current_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved `result_config` with the keys added to the schema since then at their defaults."""
+    merged = OmegaConf.merge(OmegaConf.structured(RunConfig), saved)
+    return result_config(OmegaConf.to_object(merged))  # type: ignore[arg-type]
+
+
 def config_difference(old: Any, new: Any, prefix: str = "") -> str:
     """The first key whose value differs, as 'key: old -> new'; empty when equal."""
     if isinstance(old, dict) and isinstance(new, dict):

@@ -61,3 +61,13 @@ def test_resume_path_rules(tmp_path: Path) -> None:
     assert checkpoint.find_checkpoint(tmp_path / "run") == folder / "last.pt"
     (folder / "best.pt").write_bytes(b"")
     assert checkpoint.find_checkpoint(tmp_path / "run") == folder / "best.pt"
+
+
+def test_a_checkpoint_from_before_a_new_key_still_fits(tmp_path: Path) -> None:
+    """Keys added to the schema later take their defaults; a changed default is still named."""
+    state = _state()
+    del state.config["trainer"]["eval_precision"], state.config["optim"]["lr_scaling"]
+    checkpoint.check_fits(state, RunConfig(), "fp32", tmp_path)
+    state.config["model"]["explicit_depthwise_padding"] = True  # the old default; now null
+    with pytest.raises(RunError, match="model.explicit_depthwise_padding: True -> None"):
+        checkpoint.check_fits(state, RunConfig(), "fp32", tmp_path)
