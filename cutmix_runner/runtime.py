@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import platform
 import random
 import sys
@@ -65,8 +66,8 @@ def setup(cfg: TrainerConfig) -> Runtime:
         torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
     precision = resolve_precision(cfg.precision, device)
     return Runtime(device, precision,
-                   resolve_eval_precision(cfg.eval_precision, precision, device),
-                   resolve_eval_precision(cfg.frozen_precision, precision, device))
+                   resolve_forward_precision(cfg.eval_precision, precision, device),
+                   resolve_forward_precision(cfg.frozen_precision, precision, device))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -83,6 +84,7 @@ def resolve_precision(name: str, device: torch.device) -> str:
     return "bf16" if use_bf16 else "fp32"
 
 
+@functools.cache
 def cpu_flags() -> frozenset[str]:
     """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
     try:
@@ -110,7 +112,7 @@ def native_bf16(device: torch.device) -> bool:
     return device.type == "cuda" or bool({"amx_bf16", "avx512_bf16"} & cpu_flags())
 
 
-def resolve_eval_precision(name: str, precision: str, device: torch.device) -> str:
+def resolve_forward_precision(name: str, precision: str, device: torch.device) -> str:
     """For forward-only work (evaluation, frozen modules). auto: bf16 where the device computes
     it natively, else the training precision. Training on CPU stays fp32 whatever the CPU: its
     bf16 backward ran slower even with AMX."""

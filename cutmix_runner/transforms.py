@@ -51,24 +51,9 @@ def shift(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, pad: int) -> torc
     return padded[batch, chan, rows, cols]
 
 
-def random_translate(x: torch.Tensor, pad: int, g: torch.Generator) -> torch.Tensor:
-    """Pad-and-crop for a whole batch at once: each image shifts by up to `pad` pixels."""
-    if pad == 0:
-        return x
-    n = x.shape[0]
-    # Crop offsets in [0, 2 * pad] of the padded frame, i.e. shifts in [-pad, pad].
-    top = torch.randint(0, 2 * pad + 1, (n,), generator=g)
-    left = torch.randint(0, 2 * pad + 1, (n,), generator=g)
-    return shift(x, pad - top, pad - left, pad)
-
-
 def flip_where(x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
     """Mirror image i left-right where flip[i] is True."""
     return torch.where(flip.to(x.device)[:, None, None, None], x.flip(-1), x)
-
-
-def random_hflip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    return flip_where(x, torch.rand(x.shape[0], generator=g) < 0.5)
 
 
 def gaussian_noise(x: torch.Tensor, sigma: float, seed: int) -> torch.Tensor:
@@ -81,7 +66,8 @@ def gaussian_noise(x: torch.Tensor, sigma: float, seed: int) -> torch.Tensor:
 def translation(x: torch.Tensor, max_shift: int, seed: int) -> torch.Tensor:
     """Shift image i by 1..max_shift pixels on each axis (seeded sign and size), zero-filled.
 
-    Unlike `random_translate`, never the identity: every image moves on both axes.
+    Unlike the training pad-and-crop (`data.train_batches`), never the identity: every image
+    moves on both axes.
     """
     g = torch.Generator().manual_seed(seed)
     n = x.shape[0]

@@ -14,6 +14,8 @@ import datetime
 import json
 from pathlib import Path
 
+import yaml
+
 
 def epoch_rows(run: Path) -> list[str]:
     train_size = json.loads((run / "summary.json").read_text())["train_size"]
@@ -31,10 +33,7 @@ def epoch_rows(run: Path) -> list[str]:
 
 def _config_batch(run: Path) -> int:
     """trainer.batch_size from the run's composed config."""
-    lines = (run / ".hydra" / "config.yaml").read_text().splitlines()
-    trainer = lines.index("trainer:")
-    return next(int(line.split(":", 1)[1]) for line in lines[trainer:]
-                if line.strip().startswith("batch_size:"))
+    return yaml.safe_load((run / ".hydra" / "config.yaml").read_text())["trainer"]["batch_size"]
 
 
 def run_row(run: Path) -> str:

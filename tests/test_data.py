@@ -16,7 +16,7 @@ from cutmix_runner.data import (
     stratified_split,
     train_batches,
 )
-from cutmix_runner.transforms import Preprocess, random_hflip, random_translate
+from cutmix_runner.transforms import Preprocess
 from tests.helpers import SHARED_CIFAR, ArchiveServer
 
 
@@ -109,14 +109,13 @@ def test_build_splits_holds_out_validation_and_subsets() -> None:
 
 
 def test_batched_augmentation_shapes_and_content() -> None:
-    g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (9, 3, 32, 32), dtype=torch.uint8)
-    shifted = random_translate(x, 4, g)
+    (shifted, _), = train_batches(x, torch.arange(9), 9, torch.Generator().manual_seed(0), 4,
+                                  False)
     assert shifted.shape == x.shape and shifted.dtype == torch.uint8
-    # A zero shift within the padded frame is the identity for some images; all stay in range.
-    flipped = random_hflip(x, torch.Generator().manual_seed(1))
-    for i in range(9):
-        assert torch.equal(flipped[i], x[i]) or torch.equal(flipped[i], x[i].flip(-1))
+    (flipped, y), = train_batches(x, torch.arange(9), 9, torch.Generator().manual_seed(1), 0, True)
+    for i, label in enumerate(y.tolist()):  # each image as it was, or mirrored
+        assert torch.equal(flipped[i], x[label]) or torch.equal(flipped[i], x[label].flip(-1))
     pre = Preprocess(64, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), channels_last=True)
     out = pre(x)
     assert out.shape == (9, 3, 64, 64) and out.is_contiguous(memory_format=torch.channels_last)
@@ -127,7 +126,8 @@ def test_translation_moves_pixels_within_pad() -> None:
     x = torch.zeros(1, 1, 8, 8, dtype=torch.uint8)
     x[0, 0, 4, 4] = 255
     for seed in range(20):
-        out = random_translate(x, 2, torch.Generator().manual_seed(seed))
+        (out, _), = train_batches(x, torch.zeros(1), 1, torch.Generator().manual_seed(seed), 2,
+                                  False)
         r, c = (out[0, 0] == 255).nonzero()[0].tolist()
         assert abs(r - 4) <= 2 and abs(c - 4) <= 2
 
