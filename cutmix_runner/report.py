@@ -1,10 +1,9 @@
-"""`cutmix-report PATH...`: runs and sweeps -> tables, plots and verdicts on the seed's claims.
+"""`cutmix-report PATH...`: runs and sweeps -> tables, plots and verdicts on the post's claims.
 
 Runs are grouped into arms by the command-line overrides that differ between them, ignoring the
-seed and keys that do not change results. Each metric is reported per arm as mean ± 95 %
-confidence interval over seeds (Student t). A claim compares two named arms: its effect is the
-difference of means with a Welch 95 % interval; the verdict is "supported" or "contradicted" when
-the interval excludes 0 on one side, "inconclusive" when it crosses 0.
+seed and keys that do not change results; `data.train_subset` (the data size) is a stratum, not
+an arm. Each metric is reported per arm as mean ± 95 % interval over seeds. Claims (claims.py)
+are contrasts between arms, paired by seed; their statistics are in stats.py.
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,74 +18,21 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from scipy import stats
 
+from cutmix_runner import claims, plots
+from cutmix_runner.claims import CELLS, Row
 from cutmix_runner.config import neutral_keys
+from cutmix_runner.stats import POWER, mean_ci, verdict
 
 SEED_KEYS = {"trainer.seed"}
+STRATUM_KEY = "data.train_subset"  # the data size: claims are tested per size
+MIN_SEEDS = 5  # fewer seeds per arm are flagged in the report
 # Keys that do not change results: the same list resume uses, plus Hydra's own settings.
 NEUTRAL_PREFIXES = (*neutral_keys(), "hydra.")
 
 
-
 class ReportError(ValueError):
     """Runs that cannot be compared, or nothing to report; one line for the user."""
-
-
-def t_quantile(df: float) -> float:
-    """t_{0.975, df}, Welch's fractional df included (scipy.stats.t)."""
-    if df < 1:
-        return math.nan
-    return float(stats.t.ppf(0.975, df))
-
-
-@dataclass
-class Estimate:
-    mean: float
-    half_width: float  # of the 95 % interval; nan with a single run
-    n: int
-
-    @property
-    def low(self) -> float:
-        return self.mean - self.half_width
-
-    @property
-    def high(self) -> float:
-        return self.mean + self.half_width
-
-    def text(self, scale: float = 1.0, digits: int = 2) -> str:
-        if math.isnan(self.half_width):
-            return f"{self.mean * scale:.{digits}f}"
-        return f"{self.mean * scale:.{digits}f} ± {self.half_width * scale:.{digits}f}"
-
-
-def mean_ci(values: list[float]) -> Estimate:
-    n = len(values)
-    mean = statistics.fmean(values)
-    if n < 2:
-        return Estimate(mean, math.nan, n)
-    return Estimate(mean, t_quantile(n - 1) * statistics.stdev(values) / math.sqrt(n), n)
-
-
-def difference_ci(a: list[float], b: list[float]) -> Estimate:
-    """mean(a) - mean(b) with a Welch 95 % interval."""
-    diff = statistics.fmean(a) - statistics.fmean(b)
-    if len(a) < 2 or len(b) < 2:
-        return Estimate(diff, math.nan, min(len(a), len(b)))
-    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
-    se = math.sqrt(va + vb)
-    if se == 0:
-        return Estimate(diff, 0.0, min(len(a), len(b)))
-    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
-    return Estimate(diff, t_quantile(df) * se, min(len(a), len(b)))
-
-
-def verdict(effect: Estimate, expected_sign: int) -> str:
-    if math.isnan(effect.half_width):
-        return "inconclusive (one run per arm)"
-    if effect.low > 0 or effect.high < 0:
-        return "supported" if (effect.mean > 0) == (expected_sign > 0) else "contradicted"
-    return "inconclusive"
 
 
 # ---------------------------------------------------------------- loading runs
@@ -101,7 +46,12 @@ class Run:
     records: list[dict[str, Any]]
     eval: dict[str, Any] | None = None  # eval/eval.json from cutmix-eval, when the run has one
     arm: str = ""
+    stratum: str = "all"  # the data size (data.train_subset), "full" without a subset
     scalars: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def seed(self) -> int:
+        return int(self.overrides.get("trainer.seed", 0))  # configs/trainer/default.yaml
 
 
 def _read_records(path: Path) -> list[dict[str, Any]]:
@@ -152,16 +102,22 @@ def load_runs(paths: list[Path]) -> list[Run]:
 
 
 def assign_arms(runs: list[Run], arm_keys: list[str] | None) -> list[str]:
-    """Label each run's arm; returns the keys that define arms. Refuses mixed comparisons."""
+    """Label each run's arm and stratum; returns the keys that define arms. Refuses mixed
+    comparisons."""
     def relevant(key: str) -> bool:
-        return key not in SEED_KEYS and not key.startswith(NEUTRAL_PREFIXES)
+        return (key not in SEED_KEYS and key != STRATUM_KEY
+                and not key.startswith(NEUTRAL_PREFIXES))
+
+    for run in runs:
+        run.stratum = run.overrides.get(STRATUM_KEY, "full")
 
     keys = sorted({k for r in runs for k in r.overrides if relevant(k)})
     varying = [k for k in keys if len({r.overrides.get(k, "(default)") for r in runs}) > 1]
     if arm_keys is None:
         if len(varying) > 1:
-            raise ReportError(f"runs differ in more than the arm and the seed "
-                              f"({', '.join(varying)}); name the arm with --arm-key KEY")
+            raise ReportError(f"runs differ in more than the arm, the seed "
+                              f"and the data size ({', '.join(varying)}); name the arm with "
+                              "--arm-key KEY")
         arm_keys = varying
     for run in runs:
         run.arm = " ".join(f"{k}={run.overrides.get(k, '(default)')}" for k in arm_keys) or "all"
@@ -207,174 +163,184 @@ def collect(runs: list[Run]) -> None:
                 pass  # an older run without that diagnostic
 
 
-# ---------------------------------------------------------------- claims
 
-# (claim, metric, arm A, arm B, expected sign of mean(A) - mean(B))
-CLAIMS: list[tuple[str, str, str, str, int]] = [
-    ("CutMix reduces training accuracy slightly", "clean_train_accuracy",
-     "cutmix_staged", "baseline", -1),
-    ("CutMix shrinks the generalization gap", "generalization_gap",
-     "cutmix_staged", "baseline", -1),
-    ("CutMix penalizes overconfident predictions", "test_confidence_wrong",
-     "cutmix_staged", "baseline", -1),
-    ("CutMix makes predictions stable under small perturbations", "flip_rate_noise",
-     "cutmix_staged", "baseline", -1),
-    ("CutMix improves accuracy when data is small", "test_accuracy",
-     "cutmix_staged", "baseline", +1),
-    ("CutMix can hurt transfer learning when applied from the start", "test_accuracy",
-     "cutmix_from_start", "cutmix_staged", -1),
-    ("MixUp calibrates better than CutMix", "test_ece", "mixup_staged", "cutmix_staged", -1),
-    ("MixUp is more robust than CutMix", "flip_rate_noise", "mixup_staged", "cutmix_staged", -1),
-    ("CutMix improves robustness to corruptions", "mean_corruption_accuracy",
-     "cutmix_staged", "baseline", +1),
-]
+def preset(arm: str) -> str:
+    """The preset an arm ran ("experiment=baseline" -> "baseline")."""
+    return arm.split("=")[-1]
 
 
-def _arm_named(arms: dict[str, list[Run]], preset: str) -> str | None:
-    for arm in arms:
-        if arm.endswith(f"={preset}"):
-            return arm
-    return None
+def stratum_order(strata: set[str]) -> list[str]:
+    """Smallest data size first; "full" (no subset) last."""
+    return sorted(strata, key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0, s))
 
 
-def claims_section(arms: dict[str, list[Run]]) -> list[str]:
-    lines = ["## Claims", "",
-             "Effect = mean(arm A) − mean(arm B) with a Welch 95 % interval; *supported* or "
-             "*contradicted* when the interval excludes 0, *inconclusive* when it crosses 0.", "",
-             "| claim | metric | A − B | effect | verdict |", "|---|---|---|---:|---|"]
-    scale = {name: s for name, _, _, s in METRICS}
-    for claim, metric, a, b, sign in CLAIMS:
-        arm_a, arm_b = _arm_named(arms, a), _arm_named(arms, b)
-        if arm_a is None or arm_b is None:
-            lines.append(f"| {claim} | {metric} | {a} − {b} | — | not measured (needs both arms) |")
+@dataclass
+class Study:
+    """Runs indexed by (arm, stratum); `look` serves the claims their per-seed values."""
+
+    runs: list[Run]
+    arm_keys: list[str]
+    strata: list[str]
+    arms: dict[tuple[str, str], list[Run]]
+
+    @classmethod
+    def of(cls, runs: list[Run], arm_keys: list[str]) -> Study:
+        arms: dict[tuple[str, str], list[Run]] = {}
+        for run in sorted(runs, key=lambda r: (r.arm, r.seed)):
+            arms.setdefault((run.arm, run.stratum), []).append(run)
+        return cls(runs, arm_keys, stratum_order({r.stratum for r in runs}), arms)
+
+    def values(self, metric: str) -> claims.Lookup:
+        def look(name: str, stratum: str) -> dict[int, float]:
+            found: dict[int, float] = {}
+            for (arm, s), runs in self.arms.items():
+                if s == stratum and preset(arm) == name:
+                    found.update({r.seed: r.scalars[metric] for r in runs if metric in r.scalars})
+            return found
+        return look
+
+    def in_stratum(self, stratum: str) -> dict[str, list[Run]]:
+        return {arm: runs for (arm, s), runs in self.arms.items() if s == stratum}
+
+
+SCALES = {name: scale for name, _, _, scale in METRICS}
+PROCEDURE = f"""## How the claims are tested
+
+- **Paired by seed.** Runs with the same `trainer.seed` share the validation split, the head's
+  initialisation and the data order, so an effect is the mean over seeds of the per-seed
+  difference between arms, with a paired t 95 % interval (scipy.stats). Arms without two common
+  seeds fall back to Welch's unpaired interval; the *test* column says which.
+- **2 × 2 (timing × strength)** on test accuracy: per seed, timing = (late − early) averaged
+  over strengths, strength = (mild − strong) averaged over timings, interaction =
+  (late − early | mild) − (late − early | strong); each with a one-sample t interval over seeds.
+- **"Timing matters more than strength"**: |mean timing effect| − |mean strength effect|, with
+  a paired percentile bootstrap over seeds (scipy.stats.bootstrap, 9,999 resamples). Its
+  limits: with 5 seeds there are only 126 distinct resamples, percentile intervals undercover
+  at small n, and "more" is judged on this recipe's two levels of each factor only.
+- **Verdicts.** *supported* / *contradicted*: the 95 % interval excludes 0 in / against the
+  direction the post predicts; *inconclusive* otherwise. The Holm column adjusts the p-values of
+  every tested row of the table as one family (Holm's step-down, α = 0.05).
+- **Power.** *MDE* is the smallest true effect this n and spread would detect with
+  {POWER:.0%} power at α = 0.05 (noncentral t): an inconclusive row means "smaller than the
+  MDE, if any".
+- Claims about one data size are tested at every size; the data-size claim compares the
+  smallest size with the largest, per seed.
+"""
+
+
+def _number(value: float, digits: int) -> str:
+    return "–" if math.isnan(value) else f"{value:.{digits}f}"
+
+
+def claims_section(rows: list[Row]) -> list[str]:
+    lines = ["## Claims", "", "| claim | metric | contrast | train size | n | effect ± 95 % CI "
+             "| MDE | p | Holm p | verdict | Holm verdict | test |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---|---|---|"]
+    for row in rows:
+        claim, effect = row.claim, row.effect
+        head = f"| {claim.text} | {claim.metric} | {claim.contrast} | {row.stratum} |"
+        if effect is None:
+            lines.append(f"{head} – | – | – | – | – | not measured (arms missing) | – | – |")
             continue
-        va = [r.scalars[metric] for r in arms[arm_a] if metric in r.scalars]
-        vb = [r.scalars[metric] for r in arms[arm_b] if metric in r.scalars]
-        if not va or not vb:
-            lines.append(f"| {claim} | {metric} | {a} − {b} | — | not measured (no data) |")
-            continue
-        if metric == "mean_corruption_accuracy" and len(
-                {eval_settings(r) for r in arms[arm_a] + arms[arm_b] if r.eval}) > 1:
-            lines.append(f"| {claim} | {metric} | {a} − {b} | — | not comparable (the runs' "
-                         "cutmix-eval used different images, seeds, corruptions or severities) |")
-            continue
-        effect = difference_ci(va, vb)
-        lines.append(f"| {claim} | {metric} | {a} − {b} | {effect.text(scale[metric])} | "
-                     f"{verdict(effect, sign)} |")
+        scale = SCALES[claim.metric]
+        mde, p, holm_p = (_number(effect.mde * scale, 2), _number(effect.p, 3),
+                          _number(row.holm_p, 3))
+        lines.append(f"{head} {effect.n} | {effect.text(scale)} | {mde} | {p} | {holm_p} | "
+                     f"{verdict(effect, claim.expected_sign)} | "
+                     f"{verdict(effect, claim.expected_sign, row.holm_p)} | {effect.method} |")
     return lines
 
 
-# ---------------------------------------------------------------- plots
-
-
-def _stage_boundaries(run: Run) -> list[float]:
-    return [r["global_epoch"] + 0.5 for r in run.records if r.get("stage_end")][:-1]
-
-
-def write_plots(arms: dict[str, list[Run]], out: Path) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(arms)
-    files = []
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
-    for arm, runs in arms.items():
-        length = min(len(r.records) for r in runs)
-        epochs = [runs[0].records[i]["global_epoch"] for i in range(length)]
-        for ax, key in zip(axes, ("val_accuracy", "clean_train_accuracy"), strict=True):
-            mean = [statistics.fmean(r.records[i][key] for r in runs) for i in range(length)]
-            ax.plot(epochs, [100 * m for m in mean], marker="o", label=arm)
-    for ax, title in zip(axes, ("validation accuracy", "clean-train accuracy"), strict=True):
-        for boundary in _stage_boundaries(next(iter(arms.values()))[0]):
-            ax.axvline(boundary, color="grey", linestyle="--", linewidth=0.8)
-        ax.set_title(f"{title} (dashed: stage boundaries)")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("%")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "accuracy_curves.png", dpi=110)
-    plt.close(fig)
-    files.append("accuracy_curves.png")
-
-    for metric, filename, title in (("generalization_gap", "generalization_gap.png",
-                                     "generalization gap, last epoch (points)"),
-                                    ("flip_rate_noise", "flip_rate.png",
-                                     "prediction flip rate under noise (%)")):
-        estimates = [mean_ci([r.scalars[metric] for r in arms[a] if metric in r.scalars] or
-                             [math.nan]) for a in names]
-        fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(names)), 4))
-        errors = [0 if math.isnan(e.half_width) else 100 * e.half_width for e in estimates]
-        ax.bar(range(len(names)), [100 * e.mean for e in estimates], yerr=errors, capsize=4)
-        ax.set_xticks(range(len(names)), [n.split("=")[-1] for n in names], rotation=20,
-                      fontsize=8)
-        ax.set_title(title + ", mean ± 95 % CI")
-        ax.grid(axis="y", alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(out / filename, dpi=110)
-        plt.close(fig)
-        files.append(filename)
-
-    fig, ax = plt.subplots(figsize=(5.5, 5))
-    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=0.8)
-    for arm, runs in arms.items():
-        bins = [r.summary["test"]["reliability"] for r in runs if "test" in r.summary]
-        if not bins:
+def factorial_section(study: Study) -> tuple[list[str], dict[str, dict]]:
+    """Cell means and the three effects per data size; the cells for the interaction plot."""
+    look = study.values("test_accuracy")
+    lines, cells = ["## Timing × strength (test accuracy, points)", ""], {}
+    for stratum in study.strata:
+        result = claims.factorial(look, stratum)
+        if result is None:
             continue
-        count = [sum(b["count"][i] for b in bins) for i in range(len(bins[0]["count"]))]
-        conf = [sum(b["confidence"][i] * b["count"][i] for b in bins) / c if c else math.nan
-                for i, c in enumerate(count)]
-        acc = [sum(b["accuracy"][i] * b["count"][i] for b in bins) / c if c else math.nan
-               for i, c in enumerate(count)]
-        ax.plot(conf, acc, marker="o", label=arm.split("=")[-1])
-    ax.set_xlabel("confidence")
-    ax.set_ylabel("accuracy")
-    ax.set_title("reliability diagram (test, 15 bins)")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "reliability.png", dpi=110)
-    plt.close(fig)
-    files.append("reliability.png")
-    return files
+        cells[stratum] = {key: list(look(name, stratum).values()) for key, name in CELLS.items()}
+        lines += [f"### train size {stratum}", "", "| | mild | strong |", "|---|---:|---:|"]
+        for timing in ("early", "late"):
+            lines.append(f"| {timing} | " + " | ".join(
+                mean_ci(cells[stratum][(timing, s)]).text(100) for s in ("mild", "strong")) + " |")
+        lines += ["", "| effect | per-seed mean ± 95 % CI | n |", "|---|---:|---:|"]
+        for name in ("timing", "strength", "interaction"):
+            estimate = mean_ci(list(getattr(result, name).values()))
+            lines.append(f"| {name} | {estimate.text(100)} | {estimate.n} |")
+        lines.append("")
+    return (lines if cells else []), cells
 
 
-# ---------------------------------------------------------------- the report
+def metrics_section(study: Study) -> list[str]:
+    lines = ["## Metrics", ""]
+    for name, description, _, scale in METRICS:
+        rows = [(arm, s, [r.scalars[name] for r in rs if name in r.scalars])
+                for (arm, s), rs in study.arms.items()]
+        rows = [row for row in rows if row[2]]
+        if not rows:
+            continue
+        lines += [f"### {description}", "", "| arm | train size | mean ± 95 % CI | n |",
+                  "|---|---|---:|---:|"]
+        lines += [f"| {arm} | {s} | {mean_ci(values).text(scale)} | {len(values)} |"
+                  for arm, s, values in rows]
+        lines.append("")
+    return lines
+
+
+def check_comparable_corruptions(runs: list[Run]) -> list[str]:
+    """cutmix-eval results compare only when measured alike; otherwise they are left out."""
+    if len({eval_settings(r) for r in runs if r.eval}) <= 1:
+        return []
+    for run in runs:
+        run.scalars.pop("mean_corruption_accuracy", None)
+    return ["Corruption accuracy is left out: the runs' cutmix-eval used different images, "
+            "seeds, corruptions or severities.", ""]
+
+
+def plots_section(study: Study, rows: list[Row], cells: dict[str, dict], out: Path) -> list[str]:
+    files = []
+    for stratum in study.strata:
+        arms = study.in_stratum(stratum)
+        suffix = "" if len(study.strata) == 1 else f"_{stratum}"
+        files += [plots.curves(arms, out, f"accuracy_curves{suffix}.png"),
+                  plots.bars(arms, "generalization_gap", "generalization gap, last epoch "
+                             "(points)", out, f"generalization_gap{suffix}.png"),
+                  plots.bars(arms, "flip_rate_noise", "prediction flip rate under noise (%)",
+                             out, f"flip_rate{suffix}.png"),
+                  plots.reliability(arms, out, f"reliability{suffix}.png")]
+    if cells:
+        files.append(plots.interaction(cells, out))
+    if any(r.effect is not None for r in rows):
+        files.append(plots.forest(rows, SCALES, out))
+    return ["## Plots", ""] + [f"![{f}]({f})" for f in files]
 
 
 def build_report(paths: list[Path], out: Path, arm_keys: list[str] | None = None,
                  command: str = "") -> Path:
     runs = load_runs(paths)
-    keys = assign_arms(runs, arm_keys)
+    study = Study.of(runs, assign_arms(runs, arm_keys))
     collect(runs)
-    arms: dict[str, list[Run]] = {}
-    for run in sorted(runs, key=lambda r: r.arm):
-        arms.setdefault(run.arm, []).append(run)
     out.mkdir(parents=True, exist_ok=True)
     lines = ["# CutMix runner report", ""]
     if command:
         lines += [f"Made by `{command}`.", ""]
-    lines += [f"{len(runs)} runs in {len(arms)} arms (arm key: {', '.join(keys) or 'none'}); "
+    lines += [f"{len(runs)} runs in {len({a for a, _ in study.arms})} arms (arm key: "
+              f"{', '.join(study.arm_keys) or 'none'}), train sizes: {', '.join(study.strata)}; "
               "mean ± 95 % confidence interval over seeds, n = runs per arm.", ""]
-    lines += claims_section(arms) + [""]
-    lines += ["## Metrics", ""]
-    for name, description, _, scale in METRICS:
-        rows = [(arm, [r.scalars[name] for r in rs if name in r.scalars])
-                for arm, rs in arms.items()]
-        rows = [(arm, values) for arm, values in rows if values]
-        if not rows:
-            continue
-        lines += [f"### {description}", "", "| arm | mean ± 95 % CI | n |", "|---|---:|---:|"]
-        lines += [f"| {arm} | {mean_ci(values).text(scale)} | {len(values)} |"
-                  for arm, values in rows]
-        lines.append("")
-    lines += ["## Plots", ""]
-    lines += [f"![{f}]({f})" for f in write_plots(arms, out)]
-    lines += ["", "## Runs", "", "| arm | run directory |", "|---|---|"]
-    lines += [f"| {r.arm} | `{r.path}` |" for r in runs]
+    few = [f"{arm} ({s}): {len(rs)}" for (arm, s), rs in study.arms.items()
+           if len(rs) < MIN_SEEDS]
+    if few:
+        lines += [f"**Fewer than {MIN_SEEDS} seeds:** " + "; ".join(few) + ".", ""]
+    lines += check_comparable_corruptions(runs)
+    rows = claims.evaluate(study.values, study.strata)
+    lines += claims_section(rows) + ["", PROCEDURE]
+    factorial_lines, cells = factorial_section(study)
+    lines += factorial_lines + metrics_section(study)
+    lines += plots_section(study, rows, cells, out)
+    lines += ["", "## Runs", "", "| arm | train size | seed | run directory |",
+              "|---|---|---:|---|"]
+    lines += [f"| {r.arm} | {r.stratum} | {r.seed} | `{r.path}` |" for r in runs]
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")
     return report
@@ -387,7 +353,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="folder for report.md and the plots (default: ./report)")
     parser.add_argument("--arm-key", action="append", dest="arm_keys",
                         help="override key that defines the arms (repeatable); needed when runs "
-                             "differ in more than one key besides the seed")
+                             "differ in more than one key besides the seed and the data size")
     args = parser.parse_args(argv)
     command = "cutmix-report " + " ".join(sys.argv[1:] if argv is None else argv)
     try:

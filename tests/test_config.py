@@ -114,3 +114,70 @@ def test_misspelled_stage_field_in_a_schedule_file_is_rejected() -> None:
     raw["schedule"]["stages"]["head"]["regularizer"]["probability"] = 0.5
     with pytest.raises((ConfigKeyError, ValidationError)):
         validate(raw)
+
+
+def _leaves(tree: object, prefix: str = "") -> dict[str, object]:
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items()
+                for k, v in _leaves(sub, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): tree}
+
+
+def _differences(preset: str) -> dict[str, object]:
+    """The composed config's leaves that differ from cutmix_staged's."""
+    from omegaconf import OmegaConf
+
+    staged = _leaves(OmegaConf.to_container(_compose("experiment=cutmix_staged")))
+    arm = _leaves(OmegaConf.to_container(_compose(f"experiment={preset}")))
+    assert arm.keys() == staged.keys()
+    return {k: arm[k] for k in arm if arm[k] != staged[k]}
+
+
+MILD = {"prob": 0.2, "max_area": 0.2}
+STRONG = {"prob": 0.8, "max_area": 1.0}
+
+
+def _cutmix(stages: list[str], strength: dict[str, float]) -> dict[str, object]:
+    """The keys a CutMix arm changes against cutmix_staged (whose adapt stage is already
+    CutMix at prob 0.2, area 0.02-0.2, and late stage CutMix at prob 0.3, area up to 0.3)."""
+    staged = {"adapt": {"prob": 0.2, "min_area": 0.02, "max_area": 0.2},
+              "late": {"prob": 0.3, "min_area": 0.0, "max_area": 0.3}}
+    wanted: dict[str, object] = {}
+    for stage in stages:
+        target = {"name": "cutmix", "min_area": 0.0, **strength}
+        before = staged.get(stage, {"name": "none", "prob": 0.0, "min_area": 0.0,
+                                    "max_area": 1.0})
+        wanted.update({f"schedule.stages.{stage}.regularizer.{k}": v for k, v in target.items()
+                       if before.get(k, "cutmix") != v})
+    return wanted
+
+
+@pytest.mark.parametrize(("preset", "expected"), [
+    ("cutmix_early_mild", _cutmix(["head", "adapt", "late"], MILD)),
+    ("cutmix_early_strong", _cutmix(["head", "adapt", "late"], STRONG)),
+    ("cutmix_late_mild", _cutmix(["adapt", "late"], MILD)),
+    ("cutmix_late_strong", _cutmix(["adapt", "late"], STRONG)),
+    ("frozen_cutmix_mild", {**_cutmix(["adapt", "late"], MILD),
+                            "schedule.stages.adapt.unfreeze_blocks": 1,
+                            "schedule.stages.late.unfreeze_blocks": 1}),
+    ("unfrozen_cutmix_mild", {**_cutmix(["adapt", "late"], MILD),
+                              "schedule.stages.adapt.unfreeze_blocks": -1,
+                              "schedule.stages.late.unfreeze_blocks": -1}),
+    ("frozen_baseline", {"schedule.stages.adapt.regularizer.name": "none",
+                         "schedule.stages.adapt.regularizer.prob": 0.0,
+                         "schedule.stages.late.regularizer.name": "none",
+                         "schedule.stages.late.regularizer.prob": 0.0,
+                         "schedule.stages.adapt.unfreeze_blocks": 1,
+                         "schedule.stages.late.unfreeze_blocks": 1}),
+    ("unfrozen_baseline", {"schedule.stages.adapt.regularizer.name": "none",
+                           "schedule.stages.adapt.regularizer.prob": 0.0,
+                           "schedule.stages.late.regularizer.name": "none",
+                           "schedule.stages.late.regularizer.prob": 0.0,
+                           "schedule.stages.adapt.unfreeze_blocks": -1,
+                           "schedule.stages.late.unfreeze_blocks": -1}),
+])
+def test_study_presets_differ_from_cutmix_staged_only_in_intended_keys(
+        preset: str, expected: dict[str, object]) -> None:
+    """Same backbone, epochs, learning rates and (for the 2 x 2) freezing as cutmix_staged:
+    only the regularizer (and, for the freeze arms, the unfrozen depth) differs."""
+    assert _differences(preset) == expected

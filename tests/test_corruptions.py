@@ -169,10 +169,12 @@ def test_the_report_reads_eval_json_into_the_robustness_claim(smoke_run: Path, t
     text = build_report([sweep], tmp_path / "report").read_text()
     row = next(ln for ln in text.splitlines() if "robustness to corruptions" in ln)
     effect = 100 * (means["cutmix_staged"] - means["baseline"])
-    assert f"| cutmix_staged − baseline | {effect:.2f} | inconclusive (one run per arm) |" in row
+    assert f"| CutMix − baseline | full | 1 | {effect:.2f} | – | – | – | inconclusive (one run " \
+        "per arm) | inconclusive | Welch, one run in an arm |" in row
     # Evaluations of different settings do not compare.
     other = sweep / "0_baseline" / "eval" / "eval.json"
     other.write_text(json.dumps({**json.loads(other.read_text()), "images": 10}))
     text = build_report([sweep], tmp_path / "report2").read_text()
     row = next(ln for ln in text.splitlines() if "robustness to corruptions" in ln)
-    assert "not comparable" in row
+    assert "not measured" in row
+    assert "Corruption accuracy is left out: the runs' cutmix-eval used different images" in text

@@ -1,9 +1,9 @@
-"""cutmix-report: CI math, arm grouping, refusal of mixed comparisons, and the full report."""
+"""cutmix-report: arm and data-size grouping, refusal of mixed comparisons, claims paired by
+seed with Holm and MDE columns, the 2 x 2 section and the plots (stats.py: test_stats.py)."""
 
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
 from pathlib import Path
@@ -11,35 +11,19 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cutmix_runner.report import ReportError, build_report, difference_ci, mean_ci, verdict
+from cutmix_runner.report import ReportError, build_report
 
 ARMS = {"baseline": (0.80, 0.95, 0.06), "cutmix_staged": (0.82, 0.90, 0.03),
         "cutmix_from_start": (0.78, 0.88, 0.04), "mixup_staged": (0.81, 0.89, 0.02)}
 
 
-def test_mean_ci_matches_a_known_example() -> None:
-    est = mean_ci([1.0, 2.0, 3.0])
-    # sd = 1, n = 3, t(0.975, 2) = 4.302653 (tables): half-width 4.302653 / sqrt(3).
-    assert est.mean == 2.0 and est.half_width == pytest.approx(4.302653 / math.sqrt(3), rel=1e-6)
-    assert math.isnan(mean_ci([5.0]).half_width)
-
-
-def test_welch_difference_matches_a_known_example() -> None:
-    a, b = [10.0, 12.0, 14.0], [1.0, 2.0, 3.0]
-    est = difference_ci(a, b)
-    # se = sqrt(4/3 + 1/3); Welch df = (5/3)^2 / ((4/3)^2/2 + (1/3)^2/2) = 50/17 = 2.941, and
-    # t(0.975, 50/17) = 3.2188, between the tables' t(0.975, 3) = 3.182 and t(0.975, 2) = 4.303.
-    assert est.mean == 10.0
-    assert est.half_width == pytest.approx(3.2188 * math.sqrt(5 / 3), rel=1e-4)
-    assert verdict(est, +1) == "supported" and verdict(est, -1) == "contradicted"
-    assert verdict(difference_ci([1.0, 2.0, 3.0], [1.5, 2.5, 2.0]), +1) == "inconclusive"
-
-
 def _fake_run(folder: Path, overrides: list[str], test_acc: float, train_acc: float,
-              conf_wrong: float, seed: int) -> None:
+              conf_wrong: float, seed: int, arm_noise: float = 0.0) -> None:
     (folder / ".hydra").mkdir(parents=True)
     (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
-    jitter = 0.002 * seed
+    # A seed's shared offset (the same in every arm: paired analysis removes it) plus a little
+    # arm-specific noise, so paired intervals are not degenerate.
+    jitter = 0.002 * seed + arm_noise * ((seed * 7919) % 5 - 2) / 1000
     records = [{"stage": s, "global_epoch": i + 1, "val_accuracy": test_acc - 0.1 + 0.05 * i,
                 "clean_train_accuracy": train_acc - 0.1 + 0.05 * i + jitter,
                 "generalization_gap": train_acc - test_acc + jitter,
@@ -71,39 +55,100 @@ def sweep(tmp_path: Path) -> Path:
     return root
 
 
+def _row(text: str, start: str) -> list[str]:
+    """The cells of the claims-table row that starts with `start`."""
+    line = next(ln for ln in text.splitlines() if ln.startswith(f"| {start}"))
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
 def test_report_writes_tables_plots_and_claims(sweep: Path, tmp_path: Path) -> None:
     out = tmp_path / "report"
     report = build_report([sweep], out, command="cutmix-report multirun")
     text = report.read_text()
-    assert "12 runs in 4 arms (arm key: experiment)" in text
-    assert "| experiment=baseline | 80.20 ± " in text  # mean of 0.80, 0.802, 0.804
+    assert "12 runs in 4 arms (arm key: experiment), train sizes: full" in text
+    assert "| experiment=baseline | full | 80.20 ± " in text  # mean of 0.80, 0.802, 0.804
     assert "### test ECE, 15 bins (%)" in text
-    assert "| CutMix reduces training accuracy slightly | clean_train_accuracy |" in text
-    # cutmix_staged - baseline on clean-train accuracy: -5 points; the seed jitter (0, 0.2, 0.4
-    # points, sd 0.2) gives a Welch half-width of t(4) * sqrt(2 * 0.04 / 3) = 0.45.
-    claim = next(ln for ln in text.splitlines() if ln.startswith("| CutMix reduces training"))
-    assert "| -5.00 ± 0.45 | supported |" in claim
-    harm = next(ln for ln in text.splitlines() if "applied from the start" in ln)
-    assert harm.endswith("supported |")
-    robust = next(ln for ln in text.splitlines() if "MixUp is more robust" in ln)
-    assert robust.endswith("| 0.00 ± 0.45 | inconclusive |")  # equal flip rates
+    assert "**Fewer than 5 seeds:** experiment=baseline (full): 3" in text
+    # cutmix_staged - baseline on clean-train accuracy: -5 points in every seed (the seed's
+    # offset is shared), so the paired interval has zero width.
+    cells = _row(text, "CutMix reduces training accuracy slightly")
+    assert cells[1:6] == ["clean_train_accuracy", "CutMix − baseline", "full", "3",
+                          "-5.00 ± 0.00"]
+    assert cells[9:12] == ["supported", "supported", "paired t, 3 common seeds"]
+    assert _row(text, "CutMix from the start, with earlier unfreezing")[9] == "supported"
+    robust = _row(text, "MixUp is more robust")  # equal flip rates
+    assert robust[5] == "0.00 ± 0.00" and robust[9:11] == ["inconclusive", "inconclusive"]
     # cutmix-eval's eval.json: mean corruption accuracy follows test accuracy, +2 points.
-    corrupt = next(ln for ln in text.splitlines() if "robustness to corruptions" in ln)
-    assert "| mean_corruption_accuracy | cutmix_staged − baseline | 2.00 ± 0.45 | supported |" \
-        in corrupt
+    assert _row(text, "CutMix improves robustness to corruptions")[5:6] == ["2.00 ± 0.00"]
     assert "### mean accuracy under CIFAR-10-C corruptions, cutmix-eval (%)" in text
-    missing = [ln for ln in text.splitlines() if "not measured" in ln]
-    assert not missing  # every claim's arms are present
+    # The study's arms did not run here: their rows say so instead of guessing.
+    assert "not measured" in _row(text, "Timing matters more than strength")[9]
+    assert _row(text, "CutMix struggles when the dataset")[3] == "needs two sizes"
     for name in ("accuracy_curves.png", "generalization_gap.png", "reliability.png",
-                 "flip_rate.png"):
+                 "flip_rate.png", "forest.png"):
+        assert (out / name).stat().st_size > 1000, name
+    assert not (out / "interaction.png").exists()  # no 2 x 2 arms
+
+
+STUDY = {  # preset -> test accuracy at 1,000 and 5,000 images; CutMix's gain shrinks with data
+    "baseline": (0.600, 0.800), "cutmix_early_mild": (0.605, 0.800),
+    "cutmix_early_strong": (0.590, 0.790), "cutmix_late_mild": (0.640, 0.810),
+    "cutmix_late_strong": (0.630, 0.805), "frozen_baseline": (0.550, 0.700),
+    "frozen_cutmix_mild": (0.580, 0.720), "unfrozen_baseline": (0.610, 0.810),
+    "unfrozen_cutmix_mild": (0.615, 0.812)}
+
+
+@pytest.fixture
+def study(tmp_path: Path) -> Path:
+    root = tmp_path / "study"
+    for job, (arm, sizes) in enumerate(STUDY.items()):
+        for size, accuracy in zip((1000, 5000), sizes, strict=True):
+            for seed in range(5 if arm != "cutmix_late_strong" or size == 1000 else 4):
+                _fake_run(root / f"{job}_{size}_{seed}",
+                          [f"experiment={arm}", f"data.train_subset={size}",
+                           f"trainer.seed={seed}"], accuracy, 0.95, 0.6, seed,
+                          arm_noise=0.5 + job / 4)
+    return root
+
+
+def test_study_report_tests_the_factorial_and_new_claims(study: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    text = build_report([study], out).read_text()
+    assert "89 runs in 9 arms (arm key: experiment), train sizes: 1000, 5000" in text
+    assert "**Fewer than 5 seeds:** experiment=cutmix_late_strong (5000): 4." in text
+    # 1,000 images: timing = ((64 + 63) - (60.5 + 59)) / 2 = 3.75 points; strength =
+    # ((60.5 + 64) - (59 + 63)) / 2 = 1.25; interaction = (64 - 60.5) - (63 - 59) = -0.5.
+    assert "| timing | 3.75 ± " in text and "| strength | 1.25 ± " in text
+    assert "| interaction | -0.50 ± " in text
+    timing = _row(text, "CutMix hurts while the head is still converging")
+    assert timing[3:6] == ["1000", "5", timing[5]] and timing[5].startswith("3.75 ± ")
+    assert timing[9] == "supported"
+    magnitude = _row(text, "Timing matters more than strength")
+    assert magnitude[5].startswith("2.50 ± ") and magnitude[9] == "supported"
+    assert "bootstrap" in magnitude[11]
+    frozen = _row(text, "CutMix helps more with most of the backbone frozen")
+    assert frozen[5].startswith("2.50 ± ")  # (58 - 55) - (61.5 - 61) at 1,000 images
+    # Data size: (64 - 60 at 1,000) - (81 - 80 at 5,000) = +3 points, against the post's
+    # "CutMix struggles when the dataset is extremely small".
+    size = _row(text, "CutMix struggles when the dataset")
+    assert size[3] == "1000 vs 5000" and size[5].startswith("3.00 ± ")
+    assert size[9] == "contradicted"
+    # Holm: adjusted p is never below the raw one; the MDE column is filled.
+    for line in text.splitlines():
+        if line.startswith("| ") and " paired t" in line:
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            assert float(cells[8]) >= float(cells[7])
+            assert float(cells[6]) > 0 or cells[1] != "test_accuracy"
+    for name in ("interaction.png", "forest.png", "accuracy_curves_1000.png",
+                 "reliability_5000.png"):
         assert (out / name).stat().st_size > 1000, name
 
 
 def test_report_refuses_runs_that_differ_in_more_than_the_arm(sweep: Path,
                                                               tmp_path: Path) -> None:
     _fake_run(sweep / "99_other", ["experiment=baseline", "trainer.seed=0",
-                                   "data.train_subset=1000"], 0.7, 0.9, 0.5, 0)
-    with pytest.raises(ReportError, match="differ in more than the arm and the seed"):
+                                   "model.image_size=64"], 0.7, 0.9, 0.5, 0)
+    with pytest.raises(ReportError, match="differ in more than the arm, the seed and the data"):
         build_report([sweep], tmp_path / "r")
     report = build_report([sweep], tmp_path / "r", arm_keys=["experiment"])
     assert "arm key: experiment" in report.read_text()
