@@ -10,8 +10,12 @@ SHARED_CIFAR := ../shared/data/cifar10
 LOCAL_CIFAR := data/cifar10
 DATA_ROOT ?= $(if $(wildcard $(SHARED_CIFAR)),$(SHARED_CIFAR),$(LOCAL_CIFAR))
 DATA_ARGS := data.root=$(DATA_ROOT)$(if $(filter $(LOCAL_CIFAR),$(DATA_ROOT)), data.download=true)
+# Sweeps run one job after another here; LAUNCHER=local runs them in parallel on this box and
+# LAUNCHER=slurm as a SLURM job array (configs/hydra/launcher/, the [cluster] extra).
+LAUNCHER ?=
+LAUNCH_ARGS := $(if $(LAUNCHER),hydra/launcher=$(LAUNCHER))
 
-.PHONY: help setup test test-all lint train sweep presets reproduce reproduce-full smoke bench gpu-bundle gpu-check golden clean
+.PHONY: help setup test test-all lint train sweep presets reproduce reproduce-full study study-full smoke bench gpu-bundle gpu-check golden clean
 .DEFAULT_GOAL := help
 
 help: ## list the targets (this text)
@@ -26,7 +30,7 @@ $(BIN)/cutmix-train: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
-	$(BIN)/pip install --quiet -e ".[dev,export]"
+	$(BIN)/pip install --quiet -e ".[dev,export,tensorboard,search,cluster]"
 	@touch $@
 
 # The fast suite (slow tests deselected). Exit code 5 (no tests collected) fails too.
@@ -45,7 +49,8 @@ train: setup ## the default staged run on CIFAR-10 (downloads it once if needed)
 
 # Two-point sweep over Stage-2's CutMix probability; each run gets its own directory.
 sweep: setup ## two-point sweep over Stage-2's CutMix probability
-	$(BIN)/cutmix-train -m $(DATA_ARGS) schedule.stages.adapt.regularizer.prob=0,0.3 $(ARGS)
+	$(BIN)/cutmix-train -m $(DATA_ARGS) $(LAUNCH_ARGS) schedule.stages.adapt.regularizer.prob=0,0.3 \
+		$(ARGS)
 
 # One short run per regularizer preset on a 5,000-image stratified subset (README table).
 PRESETS ?= baseline,cutmix_staged,cutmix_from_start,mixup_staged,random_erasing_staged,cutmix_strong_late
@@ -63,15 +68,43 @@ REPRO_DIR := multirun/reproduce-$(shell date +%Y%m%d-%H%M%S)
 REPRO_DATA ?= data.train_subset=5000 data.val_size=2000 trainer.clean_train_size=1000 \
 	trainer.flip_subset=500
 reproduce: setup ## the claims study (5 presets x 3 seeds, subset) -> docs/results/
-	$(BIN)/cutmix-train -m $(DATA_ARGS) trainer.seed=$(REPRO_SEEDS) \
+	$(BIN)/cutmix-train -m $(DATA_ARGS) $(LAUNCH_ARGS) trainer.seed=$(REPRO_SEEDS) \
 		experiment=$(REPRO_ARMS) $(REPRO_DATA) trainer.progress=false hydra.sweep.dir=$(REPRO_DIR) $(ARGS)
 	$(BIN)/cutmix-report $(REPRO_DIR) --out docs/results
 
 # The same study on the full training set (hours on CPU, minutes on a GPU).
 reproduce-full: setup ## the claims study on the full training set -> docs/results-full/
-	$(BIN)/cutmix-train -m $(DATA_ARGS) trainer.seed=$(REPRO_SEEDS) \
+	$(BIN)/cutmix-train -m $(DATA_ARGS) $(LAUNCH_ARGS) trainer.seed=$(REPRO_SEEDS) \
 		experiment=$(REPRO_ARMS) trainer.progress=false hydra.sweep.dir=$(REPRO_DIR)-full $(ARGS)
 	$(BIN)/cutmix-report $(REPRO_DIR)-full --out docs/results-full
+
+# The factorial study (issue 12): timing x strength (2 x 2), the baseline and the freeze-depth
+# arms, at 1,000 and 5,000 training images, 5 seeds each, single-view test accuracy. Directories
+# are named by their overrides alone and every job runs with trainer.resume=auto, so re-running
+# `make study` after an interruption skips finished runs and resumes the one in progress.
+STUDY_2X2 := cutmix_early_mild,cutmix_early_strong,cutmix_late_mild,cutmix_late_strong
+STUDY_FREEZE := frozen_baseline,frozen_cutmix_mild,unfrozen_baseline,unfrozen_cutmix_mild
+STUDY_ARMS ?= baseline,$(STUDY_2X2),$(STUDY_FREEZE)
+STUDY_SIZES ?= 1000,5000
+STUDY_SEEDS ?= 0,1,2,3,4
+STUDY_DIR ?= multirun/study
+STUDY_OUT ?= docs/results/study
+STUDY_DATA ?= data.val_size=2000 trainer.clean_train_size=1000 trainer.flip_subset=500 \
+	trainer.test_flip=false
+study: setup ## the factorial study (9 arms x 2 data sizes x 5 seeds, resumable) -> docs/results/study
+	$(BIN)/cutmix-train -m $(DATA_ARGS) $(LAUNCH_ARGS) data.train_subset=$(STUDY_SIZES) \
+		trainer.seed=$(STUDY_SEEDS) \
+		experiment=$(STUDY_ARMS) $(STUDY_DATA) trainer.progress=false trainer.resume=auto \
+		hydra.sweep.dir=$(STUDY_DIR) 'hydra.sweep.subdir=$${hydra.job.override_dirname}' $(ARGS)
+	$(BIN)/cutmix-report $(STUDY_DIR) --out $(STUDY_OUT)
+
+# The full set: the study's arms plus the recipe's presets (cutmix_staged, cutmix_from_start,
+# mixup_staged, random_erasing_staged: the claims about MixUp and the confounded from-start
+# row), at 1,000 and 5,000 images and on the whole training set (null). Many hours on CPU.
+RECIPE_ARMS := cutmix_staged,cutmix_from_start,mixup_staged,random_erasing_staged
+study-full: ## the study with every preset and the full training set too -> docs/results/study-full
+	$(MAKE) study STUDY_ARMS=$(STUDY_ARMS),$(RECIPE_ARMS) STUDY_SIZES=1000,5000,null \
+		STUDY_DIR=multirun/study-full STUDY_OUT=docs/results/study-full
 
 # Seconds-long end-to-end run on synthetic data.
 smoke: setup ## seconds-long end-to-end run on synthetic data

@@ -9,13 +9,16 @@ same record at the epoch with the best validation accuracy. On disk a checkpoint
 from __future__ import annotations
 
 import io
+import json
+import logging
 import shutil
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from cutmix_runner import runtime
 from cutmix_runner.artifacts import atomic_write_bytes
 from cutmix_runner.config import (
     RunConfig,
@@ -24,6 +27,11 @@ from cutmix_runner.config import (
     with_current_defaults,
 )
 from cutmix_runner.errors import RunError
+
+if TYPE_CHECKING:
+    from cutmix_runner.trainer import Run
+
+log = logging.getLogger(__name__)
 
 FORMAT = "cutmix-runner/1"
 LAST, BEST = "last.pt", "best.pt"
@@ -136,6 +144,37 @@ def check_fits(state: RunState, cfg: RunConfig, precision: str, path: Path) -> N
     if state.precision != precision:
         raise RunError(f"trainer.resume: {path} was trained in {state.precision}, "
                        f"this run would use {precision}; set trainer.precision")
+
+
+def restore(run: Run, path: Path) -> RunState:
+    """Continue from a checkpoint that fits this config: weights, progress and every RNG."""
+    state = load(path)
+    check_fits(state, run.cfg, run.runtime.precision, path)
+    adopt_best(path, run.ckpt_dir)
+    run.model.load_state_dict(state.model)
+    run.progress = Progress.of(state)
+    runtime.set_global_rng_state(state.rng)
+    run.data_order.set_state(state.rng["data"])
+    # metrics.jsonl may hold a line written after this checkpoint: rewrite it from the
+    # checkpoint's own records, so resumed runs never duplicate an epoch.
+    run.metrics.rewrite(run.progress.records)
+    log.info("resumed from %s: stage '%s', epoch %d", path, state.stage, state.epoch)
+    return state
+
+
+def finished_summary(cfg: RunConfig, out_dir: Path) -> dict[str, Any] | None:
+    """With trainer.resume=auto, a run directory that already holds summary.json (written after
+    the last checkpoint) is finished: its summary, once its last.pt shows the same config."""
+    summary = out_dir / "summary.json"
+    if cfg.trainer.resume != "auto" or not summary.exists():
+        return None
+    last = out_dir / "checkpoints" / LAST
+    diff = config_difference(with_current_defaults(load(last).config), result_config(cfg))
+    if diff:
+        raise RunError(f"trainer.resume: {out_dir} finished with a different config ({diff}); "
+                       "pick a new hydra.run.dir")
+    log.info("%s already finished; kept as it is (trainer.resume=auto)", out_dir)
+    return json.loads(summary.read_text())
 
 
 def resume_path(resume: str | None, folder: Path) -> Path | None:

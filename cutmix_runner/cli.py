@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from cutmix_runner import interrupts
-from cutmix_runner.config import register_configs, validate
+from cutmix_runner.config import ConfigError, register_configs, validate
 from cutmix_runner.errors import UserError
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
@@ -122,6 +122,19 @@ class SweepSummary(Callback):
         shown = _shown(sweep)
         print(f"cutmix-train: sweep finished, {finished} runs in {shown}; compare them: "
               f"cutmix-report {shown} --out {shown}/report", file=sys.stderr)
+
+
+def compose_train(overrides: list[str]) -> DictConfig:
+    """The `train` config as `cutmix-train OVERRIDES...` composes it, outside a Hydra job (for
+    cutmix-search's trials); a bad override is a UserError with cutmix-train's one line."""
+    from hydra import compose, initialize_config_dir
+
+    try:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            return compose("train", overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as exc:
+        cause = exc.__cause__ if isinstance(exc.__cause__, OmegaConfBaseException) else exc
+        raise ConfigError(f"config error: {_one_line(cause)}") from None
 
 
 def version_text() -> str:

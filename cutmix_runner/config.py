@@ -25,7 +25,7 @@ from cutmix_runner.errors import ConfigError
 # (configs/train.yaml lists the same keys; tests/test_structure.py checks that they agree).
 RESULT_NEUTRAL: dict[str, tuple[str, ...]] = {
     "trainer": ("resume", "progress", "device", "num_threads", "eval_batch_size",
-                "keep_freed_memory", "sync_every", "cudnn_benchmark", "compile"),
+                "keep_freed_memory", "sync_every", "cudnn_benchmark", "compile", "logger"),
     "data": ("root", "download"),
 }
 
@@ -322,6 +322,9 @@ class TrainerConfig:
     # torch.compile the model (CUDA mostly); the first step of each stage and the first eval
     # pay the compile time, which each epoch's record reports as first_step_seconds.
     compile: bool = False
+    # none: metrics.jsonl and the example grids (examples_STAGE.png) only. tensorboard: also
+    # event files in RUN_DIR/tensorboard (the optional `tensorboard` extra).
+    logger: str = "none"
 
     def validate(self) -> None:
         _check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
@@ -338,6 +341,13 @@ class TrainerConfig:
         _check(self.flip_noise_sigma >= 0, "trainer.flip_noise_sigma", "must be >= 0")
         _check(self.flip_max_shift >= 1, "trainer.flip_max_shift", "must be >= 1")
         _check(self.sync_every >= 1, "trainer.sync_every", "must be >= 1")
+        _check(self.logger in ("none", "tensorboard"), "trainer.logger",
+               f"must be none or tensorboard, got '{self.logger}'")
+        if self.logger == "tensorboard":
+            from cutmix_runner.loggers import TENSORBOARD_HINT, tensorboard_available
+
+            _check(tensorboard_available(), "trainer.logger",
+                   f"tensorboard is not installed; {TENSORBOARD_HINT}")
 
 
 @dataclass

@@ -109,7 +109,8 @@ def assign_arms(runs: list[Run], arm_keys: list[str] | None) -> list[str]:
                 and not key.startswith(NEUTRAL_PREFIXES))
 
     for run in runs:
-        run.stratum = run.overrides.get(STRATUM_KEY, "full")
+        size = run.overrides.get(STRATUM_KEY, "null")
+        run.stratum = "full" if size == "null" else size
 
     keys = sorted({k for r in runs for k in r.overrides if relevant(k)})
     varying = [k for k in keys if len({r.overrides.get(k, "(default)") for r in runs}) > 1]

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from cutmix_runner import build, checkpoint, faults, interrupts, runtime
+from cutmix_runner import build, checkpoint, faults, interrupts, loggers, runtime
 from cutmix_runner.artifacts import MetricsLog, atomic_write_json
 from cutmix_runner.checkpoint import Progress, RunState
 from cutmix_runner.config import RunConfig, StageConfig, result_config
@@ -49,6 +49,7 @@ class Run:
     data_order: torch.Generator  # shuffles and augments the training set, epoch after epoch
     started: float
     metrics: MetricsLog
+    logger: loggers.RunLogger
     progress: Progress = field(default_factory=Progress)
     last_val_logits: torch.Tensor = field(default_factory=lambda: torch.empty(0))
 
@@ -62,8 +63,10 @@ class Run:
 
 
 def train(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
-    """Build, train and test one run into `out_dir`; returns its summary."""
-    return fit(prepare(cfg, out_dir))
+    """Build, train and test one run into `out_dir`; returns its summary. A finished run asked
+    to resume is kept as it is, so re-running an interrupted multirun skips its finished jobs."""
+    finished = checkpoint.finished_summary(cfg, out_dir)
+    return finished if finished is not None else fit(prepare(cfg, out_dir))
 
 
 def prepare(cfg: RunConfig, out_dir: Path) -> Run:
@@ -80,16 +83,23 @@ def prepare(cfg: RunConfig, out_dir: Path) -> Run:
                Evaluator(model, preprocess, cfg.trainer, rt.eval_autocast),
                build.clean_train_subset(data, cfg),
                torch.Generator().manual_seed(cfg.trainer.seed), started,
-               MetricsLog(out_dir / "metrics.jsonl"))
+               MetricsLog(out_dir / "metrics.jsonl"),
+               loggers.build(cfg.trainer.logger, out_dir, data.classes))
 
 
 def fit(run: Run) -> dict[str, Any]:
+    train_stages(run)
+    return finish(run)
+
+
+def train_stages(run: Run) -> None:
+    """Every stage, from the checkpoint `trainer.resume` names if any; no test set."""
     run.out_dir.mkdir(parents=True, exist_ok=True)
     log.info("device %s (%s), image size %d, %d train / %d val / %d test images",
              run.runtime.device, run.runtime.precision, run.evaluator.preprocess.image_size,
              len(run.data.train_x), len(run.data.val_x), len(run.data.test_x))
     path = checkpoint.resume_path(run.cfg.trainer.resume, run.ckpt_dir)
-    resume = restore(run, path) if path is not None else None
+    resume = checkpoint.restore(run, path) if path is not None else None
     if resume is None:
         # resume=auto with no checkpoint yet: drop lines of an epoch that was never saved.
         run.metrics.rewrite([])
@@ -101,23 +111,6 @@ def fit(run: Run) -> dict[str, Any]:
                 run_stage(run, index, name, stage, resume)
             continue  # that stage had already ended; its summary came with the checkpoint
         run_stage(run, index, name, stage)
-    return finish(run)
-
-
-def restore(run: Run, path: Path) -> RunState:
-    """Continue from a checkpoint that fits this config: weights, progress and every RNG."""
-    state = checkpoint.load(path)
-    checkpoint.check_fits(state, run.cfg, run.runtime.precision, path)
-    checkpoint.adopt_best(path, run.ckpt_dir)
-    run.model.load_state_dict(state.model)
-    run.progress = Progress.of(state)
-    runtime.set_global_rng_state(state.rng)
-    run.data_order.set_state(state.rng["data"])
-    # metrics.jsonl may hold a line written after this checkpoint: rewrite it from the
-    # checkpoint's own records, so resumed runs never duplicate an epoch.
-    run.metrics.rewrite(run.progress.records)
-    log.info("resumed from %s: stage '%s', epoch %d", path, state.stage, state.epoch)
-    return state
 
 
 def run_stage(run: Run, index: int, name: str, stage: StageConfig,
@@ -137,6 +130,8 @@ def run_stage(run: Run, index: int, name: str, stage: StageConfig,
     log.info("stage %d '%s': %d trainable parameters, regularizer %s, up to %d epochs",
              index, name, trainable, stage.regularizer.name, stage.epochs)
     progress = run.progress
+    if first_epoch == 0:  # what this stage's mixing does to images: examples_STAGE.png
+        run.logger.stage_examples(name, stage, step.regularizer, run.data, progress.global_step)
     for epoch in range(first_epoch, stage.epochs):
         start_time = time.perf_counter()
         set_epoch_values(step.regularizer, stage.regularizer, epoch, stage.epochs)
@@ -147,6 +142,7 @@ def run_stage(run: Run, index: int, name: str, stage: StageConfig,
             record["stage_end"] = ended_by
         seconds += time.perf_counter() - start_time
         run.metrics.append(record)
+        run.logger.epoch(record)
         progress.records.append(record)
         if ended_by is not None:
             progress.finished_stages.append({"name": name, "epochs": epoch + 1,
@@ -206,14 +202,17 @@ def train_steps(run: Run, step: TrainStep, batches: tqdm, where: str) -> StepTal
         run.progress.global_step += 1
         faults.at_step("kill_step", run.progress.global_step)
         try:
-            tally.add(train_step(step, xb, yb,
-                                 functools.partial(faults.poison, step=run.progress.global_step)))
+            result = train_step(step, xb, yb,
+                                functools.partial(faults.poison, step=run.progress.global_step))
+            tally.add(result)
             loss = tally.read_back(i, sync_every)
         except NonFiniteLoss:
             at = f"step {i + 1}" if sync_every == 1 else f"by step {i + 1}"
             raise RunError(f"non-finite loss in {where}, {at}; lower the learning rates. "
                            f"{run.ckpt_dir / checkpoint.LAST} holds the last good epoch") from None
         interrupts.check()  # abandons the rest of the epoch; last.pt holds the previous one
+        if loss is not None:  # the device has synced: this step's own loss costs nothing
+            run.logger.step(run.progress.global_step, float(result.loss), step.optimizer)
         if loss is not None and (i + 1) % (sync_every * max(1, 20 // sync_every)) == 0:
             batches.set_postfix(loss=f"{loss:.3f}")
     return tally
@@ -242,6 +241,7 @@ def finish(run: Run) -> dict[str, Any]:
         "versions": runtime.versions(),
     }
     atomic_write_json(run.out_dir / "summary.json", summary)
+    run.logger.finish(result_config(run.cfg), summary)
     log.info("test accuracy %.4f %s (single view %.4f; best-val checkpoint, %s epoch %d), "
              "final weights %.4f", summary["test_accuracy"], summary["test_protocol"],
              summary["test_accuracy_single_view"], best_epoch["stage"], best_epoch["epoch"],

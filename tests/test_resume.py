@@ -167,3 +167,19 @@ def test_a_signal_requests_a_stop_and_a_second_one_stops_at_once() -> None:
                 pass
     with interrupts.handled():
         interrupts.check()  # a new block starts with no request pending
+
+
+def test_resume_auto_keeps_a_finished_run_as_it_is(reference: Path, tmp_path: Path) -> None:
+    """Re-running an interrupted multirun (trainer.resume=auto in each job's directory) must not
+    redo the jobs that had finished, nor take a changed config for them."""
+    import shutil
+
+    run = tmp_path / "done"
+    shutil.copytree(reference, run)
+    before = {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+    result = _run(run, "trainer.resume=auto")
+    assert result.returncode == 0, result.stderr
+    assert {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()} == before
+    changed = _run(run, "trainer.resume=auto", "schedule.stages.adapt.regularizer.prob=0.9")
+    assert changed.returncode == 2 and "finished with a different config" in changed.stderr
+    assert {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()} == before

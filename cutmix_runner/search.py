@@ -1,0 +1,225 @@
+"""`cutmix-search`: a resumable Optuna search over the staged schedule, on Optuna's own API.
+
+Each trial composes the same Hydra `train` config as `cutmix-train` (the command line's
+overrides plus one sampled value per key of the search space, configs/search/), trains it
+in-process into OUT/trial_N, reports each epoch's validation accuracy to Optuna's median pruner
+and returns the best validation accuracy. The test set is never touched by a trial: after the
+search, the best trial's best checkpoint is scored on it once, and only the report shows it.
+
+The study lives in an RDB (a local SQLite file by default), so a second invocation with the same
+`--storage` and `--study-name` adds trials to it instead of starting over, and several workers
+(processes, or machines with a shared database URL) can work on one study at once: Optuna's own
+distributed mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cutmix_runner.errors import UserError
+
+log = logging.getLogger(__name__)
+SPACES = Path(__file__).resolve().parent.parent / "configs" / "search"
+KINDS = ("int", "float", "categorical")
+
+
+class SearchError(UserError):
+    """A bad search space or study; one line for the user."""
+
+
+def load_space(name_or_path: str) -> dict[str, dict[str, Any]]:
+    """The search space: a file in configs/search/ by name, or a path to one."""
+    path = Path(name_or_path)
+    if not path.exists():
+        path = SPACES / f"{name_or_path}.yaml"
+    if not path.exists():
+        known = ", ".join(sorted(p.stem for p in SPACES.glob("*.yaml")))
+        raise SearchError(f"--space: no space '{name_or_path}' (known: {known}, or a path)")
+    space = yaml.safe_load(path.read_text()) or {}
+    for key, spec in space.items():
+        kinds = [k for k in KINDS if k in (spec or {})]
+        if len(kinds) != 1 or set(spec) - {*KINDS, "log"}:
+            raise SearchError(f"{path}: {key} needs exactly one of int, float, categorical "
+                              f"(and optionally log), got {spec}")
+    return space
+
+
+def suggest(trial: Any, space: dict[str, dict[str, Any]]) -> list[str]:
+    """One Hydra override per key, sampled by the trial."""
+    overrides = []
+    for key, spec in space.items():
+        if "int" in spec:
+            value = trial.suggest_int(key, *spec["int"], log=spec.get("log", False))
+        elif "float" in spec:
+            value = trial.suggest_float(key, *spec["float"], log=spec.get("log", False))
+        else:
+            value = trial.suggest_categorical(key, spec["categorical"])
+        overrides.append(f"{key}={value}")
+    return overrides
+
+
+class PruningReporter:
+    """Wraps a run's logger: each epoch's validation accuracy goes to the trial, which may
+    stop the run (optuna.TrialPruned) when it is below the median of earlier trials."""
+
+    def __init__(self, inner: Any, trial: Any) -> None:
+        self.inner, self.trial = inner, trial
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def epoch(self, record: dict[str, Any]) -> None:
+        import optuna
+
+        self.inner.epoch(record)
+        self.trial.report(record["val_accuracy"], record["global_epoch"])
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"val accuracy {record['val_accuracy']:.4f} at epoch "
+                                     f"{record['global_epoch']}")
+
+
+def objective(space: dict[str, dict[str, Any]], base: list[str], out: Path) -> Any:
+    from cutmix_runner import trainer
+    from cutmix_runner.cli import compose_train
+    from cutmix_runner.config import validate
+
+    def run_trial(trial: Any) -> float:
+        overrides = [*base, *suggest(trial, space)]
+        trial.set_user_attr("overrides", overrides)
+        run_dir = out / f"trial_{trial.number}"
+        trial.set_user_attr("run_dir", str(run_dir))
+        cfg = validate(compose_train(overrides))
+        run = trainer.prepare(cfg, run_dir)
+        run.logger = PruningReporter(run.logger, trial)  # type: ignore[assignment]
+        trainer.train_stages(run)  # training and validation only: no test set
+        best = run.progress.best
+        (run_dir / "trial.json").write_text(json.dumps(
+            {"number": trial.number, "overrides": overrides, "best": best}, indent=2) + "\n")
+        return float(best["val_accuracy"])
+
+    return run_trial
+
+
+def test_best(study: Any) -> float:
+    """The best trial's best-validation checkpoint on the test set: the one test evaluation."""
+    from cutmix_runner.inference import load_test_set, load_trained
+    from cutmix_runner.robustness import accuracy
+
+    run_dir = Path(study.best_trial.user_attrs["run_dir"])
+    trained = load_trained(run_dir)
+    images, labels = load_test_set(trained, run_dir)
+    return accuracy(trained, images, labels, batch_size=256)
+
+
+def importance(study: Any) -> dict[str, float]:
+    """PED-ANOVA importances (Optuna's own, no scikit-learn); empty with too few trials."""
+    import optuna
+
+    try:
+        return optuna.importance.get_param_importances(
+            study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
+    except (RuntimeError, ValueError) as exc:
+        log.info("no parameter importances: %s", exc)
+        return {}
+
+
+def write_report(study: Any, out: Path, test_accuracy: float, command: str) -> Path:
+    import matplotlib
+    import optuna
+
+    matplotlib.use("Agg")
+    ax = optuna.visualization.matplotlib.plot_optimization_history(study)
+    ax.figure.tight_layout()
+    ax.figure.savefig(out / "optimization_history.png", dpi=110)
+    states = [t.state.name for t in study.trials]
+    best = study.best_trial
+    lines = ["# cutmix-search report", "", f"Made by `{command}`.", "",
+             f"Study `{study.study_name}`: {len(states)} trials "
+             f"({states.count('COMPLETE')} complete, {states.count('PRUNED')} pruned, "
+             f"{states.count('FAIL')} failed). Objective: best validation accuracy of a trial; "
+             "the test set is used once, below, for the best trial only.", "",
+             f"## Best trial: #{best.number}", "",
+             f"- best validation accuracy: {100 * best.value:.2f} %",
+             f"- test accuracy of its best-validation checkpoint: {100 * test_accuracy:.2f} %",
+             f"- run directory: `{best.user_attrs['run_dir']}`", "",
+             "```", *best.user_attrs["overrides"], "```", "",
+             "## Parameter importance (PED-ANOVA)", "", "| parameter | importance |", "|---|---:|"]
+    lines += [f"| {k} | {v:.3f} |" for k, v in importance(study).items()] or ["| – | – |"]
+    lines += ["", "## Trials", "", "| # | state | best val accuracy (%) |", "|---:|---|---:|"]
+    lines += [f"| {t.number} | {t.state.name} | "
+              f"{'–' if t.value is None else f'{100 * t.value:.2f}'} |" for t in study.trials]
+    lines += ["", "![optimization history](optimization_history.png)"]
+    report = out / "report.md"
+    report.write_text("\n".join(lines) + "\n")
+    return report
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="cutmix-search", description=__doc__.splitlines()[0])
+    parser.add_argument("overrides", nargs="*", help="cutmix-train overrides for every trial")
+    parser.add_argument("--trials", type=int, default=10, help="trials to add (default 10)")
+    parser.add_argument("--out", type=Path, default=Path("search"),
+                        help="trial run directories, the report and the default storage")
+    parser.add_argument("--storage", help="Optuna RDB URL (default: sqlite:///OUT/study.db)")
+    parser.add_argument("--study-name", default="cutmix-search")
+    parser.add_argument("--space", default="schedule", help="configs/search/NAME.yaml or a path")
+    parser.add_argument("--seed", type=int, default=0, help="the TPE sampler's seed")
+    args = parser.parse_intermixed_args(argv)  # overrides may come before or after options
+    if args.trials < 0:
+        parser.error("--trials must be >= 0")
+    return args
+
+
+def search(args: argparse.Namespace, command: str) -> Path:
+    import optuna
+
+    from cutmix_runner.cli import compose_train
+    from cutmix_runner.config import validate
+
+    space = load_space(args.space)
+    validate(compose_train(args.overrides))  # the trials' shared overrides fail here, once
+    args.out.mkdir(parents=True, exist_ok=True)
+    storage = args.storage or f"sqlite:///{(args.out / 'study.db').resolve()}"
+    study = optuna.create_study(
+        study_name=args.study_name, storage=storage, direction="maximize", load_if_exists=True,
+        sampler=optuna.samplers.TPESampler(seed=args.seed + len(_existing(storage, args))),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1))
+    done = len(study.trials)
+    study.optimize(objective(space, args.overrides, args.out), n_trials=args.trials,
+                   catch=(UserError,))
+    log.info("study %s: %d trials before, %d now", args.study_name, done, len(study.trials))
+    if not any(t.state.name == "COMPLETE" for t in study.trials):
+        raise SearchError("no trial completed; see the trials' logs under " + str(args.out))
+    return write_report(study, args.out, test_best(study), command)
+
+
+def _existing(storage: str, args: argparse.Namespace) -> list[Any]:
+    """Trials already in the study: a resumed search reseeds its sampler past them."""
+    import optuna
+
+    try:
+        return optuna.load_study(study_name=args.study_name, storage=storage).trials
+    except KeyError:
+        return []
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = parse_args(argv)
+    command = "cutmix-search " + " ".join(sys.argv[1:] if argv is None else argv)
+    try:
+        print(search(args, command))
+    except UserError as exc:
+        print(f"cutmix-search: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""cutmix-search: a 3-trial Optuna search on synthetic data writes its study and report; a second
+invocation resumes the study; the test set is scored once, for the best trial only."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("optuna")
+
+SPACE = """\
+schedule.stages.head.epochs: {int: [1, 2]}
+schedule.stages.adapt.regularizer.prob: {float: [0.0, 0.5]}
+schedule.stages.late.regularizer.prob: {float: [0.0, 0.8]}
+schedule.stages.late.lr_backbone: {float: [1.0e-4, 2.0e-3], log: true}
+"""
+SMOKE = ["experiment=smoke", "trainer.progress=false", "trainer.num_threads=1"]
+
+
+def _search(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cutmix_runner.search", *args,
+                           "--out", str(tmp_path / "search"), "--space",
+                           str(tmp_path / "space.yaml"), *SMOKE],
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_search_writes_its_study_resumes_it_and_tests_the_best_trial_once(
+        tmp_path: Path) -> None:
+    import optuna
+
+    (tmp_path / "space.yaml").write_text(SPACE)
+    first = _search(tmp_path, "--trials", "3")
+    assert first.returncode == 0, first.stderr
+    storage = f"sqlite:///{tmp_path / 'search' / 'study.db'}"
+    study = optuna.load_study(study_name="cutmix-search", storage=storage)
+    assert len(study.trials) == 3
+    sampled = [t.params for t in study.trials]
+    second = _search(tmp_path, "--trials", "2")
+    assert second.returncode == 0, second.stderr
+    study = optuna.load_study(study_name="cutmix-search", storage=storage)
+    assert len(study.trials) == 5  # added to, not started over
+    assert [t.params for t in study.trials[:3]] == sampled
+    # Trials trained and validated only: no test metrics, no summary.json, in any trial.
+    for trial in study.trials:
+        run = Path(trial.user_attrs["run_dir"])
+        assert not (run / "summary.json").exists()
+        if trial.state.name == "COMPLETE":
+            record = json.loads((run / "trial.json").read_text())
+            assert record["best"]["val_accuracy"] == pytest.approx(trial.value)
+            assert "test" not in json.dumps(record)
+    report = (tmp_path / "search" / "report.md").read_text()
+    assert report.count("test accuracy") == 1
+    assert f"## Best trial: #{study.best_trial.number}" in report
+    assert "| parameter | importance |" in report
+    assert (tmp_path / "search" / "optimization_history.png").stat().st_size > 1000
+
+
+def test_bad_space_and_bad_overrides_are_one_line(tmp_path: Path) -> None:
+    (tmp_path / "space.yaml").write_text("schedule.stages.head.epochs: {uniform: [1, 2]}\n")
+    result = _search(tmp_path, "--trials", "1")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "needs exactly one of int, float, categorical" in result.stderr
+    (tmp_path / "space.yaml").write_text(SPACE)
+    result = _search(tmp_path, "--trials", "1", "trainer.bach_size=3")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "bach_size" in result.stderr and "Traceback" not in result.stderr
