@@ -116,7 +116,7 @@ def forest(rows: list[Row], scales: dict[str, float], out: Path, name: str = "fo
     """Each tested claim's effect with its 95 % interval, in the metric's display unit, signed
     so that right of 0 is the direction the post predicts."""
     tested = [r for r in rows if r.effect is not None and not math.isnan(r.effect.mean)]
-    fig, ax = _pyplot().subplots(figsize=(9, 0.42 * len(tested) + 1.5))
+    fig, ax = _pyplot().subplots(figsize=(11, 0.42 * len(tested) + 1.5))
     for y, row in enumerate(reversed(tested)):
         sign, scale = row.claim.expected_sign, scales[row.claim.metric]
         effect = row.effect
@@ -125,7 +125,7 @@ def forest(rows: list[Row], scales: dict[str, float], out: Path, name: str = "fo
         ax.errorbar([sign * effect.mean * scale], [y], xerr=[half], marker="o", capsize=3,
                     color="tab:green" if row.holm_p < 0.05 else "tab:blue")
     ax.axvline(0, color="grey", linestyle="--", linewidth=0.8)
-    ax.set_yticks(range(len(tested)), [f"{r.claim.text[:55]} [{r.stratum}]"
+    ax.set_yticks(range(len(tested)), [f"{r.claim.text[:80]} [{r.stratum}]"
                                       for r in reversed(tested)], fontsize=7)
     ax.set_xlabel("effect in the post's predicted direction (metric units; > 0 agrees)")
     ax.set_title("claims: effect ± 95 % CI (green: Holm-adjusted p < 0.05)")

@@ -176,10 +176,17 @@ def test_resume_auto_keeps_a_finished_run_as_it_is(reference: Path, tmp_path: Pa
 
     run = tmp_path / "done"
     shutil.copytree(reference, run)
-    before = {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+    def results() -> dict[Path, bytes]:  # Hydra's own .hydra/ and cli.log aside
+        return {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()
+                and ".hydra" not in p.parts and p.name != "cli.log"}
+
+    before = results()
+    assert {p.name for p in before} >= {"metrics.jsonl", "summary.json", "last.pt", "best.pt"}
     result = _run(run, "trainer.resume=auto")
     assert result.returncode == 0, result.stderr
-    assert {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()} == before
+    assert "already finished; kept as it is" in (run / "cli.log").read_text()
+    assert results() == before
     changed = _run(run, "trainer.resume=auto", "schedule.stages.adapt.regularizer.prob=0.9")
     assert changed.returncode == 2 and "finished with a different config" in changed.stderr
-    assert {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()} == before
+    assert results() == before
