@@ -10,7 +10,7 @@ largest. Every tested row goes into one Holm family.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from cutmix_runner import stats
 from cutmix_runner.stats import Estimate
@@ -49,7 +49,8 @@ def difference(a: tuple[str, ...] | str, b: str) -> Effect:
         arm = first_present(look, candidates, strata[0])
         if arm is None or not look(b, strata[0]):
             return None
-        return stats.compare(look(arm, strata[0]), look(b, strata[0]))
+        estimate = stats.compare(look(arm, strata[0]), look(b, strata[0]))
+        return replace(estimate, method=f"{estimate.method}; {arm} − {b}")
     return effect
 
 
@@ -71,7 +72,10 @@ def size_interaction(a: tuple[str, ...], b: str) -> Effect:
             return None
         values = stats.per_seed(lambda w, x, y, z: (w - x) - (y - z), look(arm, small),
                                 look(b, small), look(arm, large), look(b, large))
-        return stats.mean_ci(list(values.values())) if values else None
+        if not values:
+            return None
+        estimate = stats.mean_ci(list(values.values()))
+        return replace(estimate, method=f"t on per-seed contrasts; {arm} − {b}")
     return effect
 
 

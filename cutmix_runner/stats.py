@@ -19,6 +19,7 @@ from scipy import optimize, stats
 
 LEVEL = 0.95  # every interval in the report
 POWER = 0.80  # for the minimum detectable effect
+MIN_BOOTSTRAP_SEEDS = 4
 
 
 @dataclass(frozen=True)
@@ -158,13 +159,16 @@ def larger_magnitude(first: dict[int, float], second: dict[int, float],
         return np.abs(x.mean(axis=axis)) - np.abs(y.mean(axis=axis))
 
     observed = float(statistic(a, b))
-    if len(seeds) < 2:
-        return Estimate(observed, math.nan, len(seeds), method="bootstrap, one seed")
+    if len(seeds) < MIN_BOOTSTRAP_SEEDS:  # 2 seeds give 3 distinct resamples: no interval
+        return Estimate(observed, math.nan, len(seeds),
+                        method=f"bootstrap needs >= {MIN_BOOTSTRAP_SEEDS} common seeds")
     result = stats.bootstrap((a, b), statistic, paired=True, vectorized=True,
                              n_resamples=resamples, confidence_level=LEVEL,
                              method="percentile", rng=np.random.default_rng(seed))
     dist = result.bootstrap_distribution
-    p = min(1.0, 2 * min(float((dist <= 0).mean()), float((dist >= 0).mean())))
+    # Never below 1 / (resamples + 1): "no resample crossed 0" is not p = 0.
+    p = min(1.0, max(2 * min(float((dist <= 0).mean()), float((dist >= 0).mean())),
+                     1 / (resamples + 1)))
     low, high = result.confidence_interval
     # Report the interval around the observed value; percentile intervals need not be symmetric,
     # so the half-width is the larger side (conservative for the verdict).

@@ -170,7 +170,7 @@ def test_the_report_reads_eval_json_into_the_robustness_claim(smoke_run: Path, t
     row = next(ln for ln in text.splitlines() if "robustness to corruptions" in ln)
     effect = 100 * (means["cutmix_staged"] - means["baseline"])
     assert f"| CutMix − baseline | full | 1 | {effect:.2f} | – | – | – | inconclusive (one run " \
-        "per arm) | inconclusive | Welch, one run in an arm |" in row
+        "per arm) | inconclusive | Welch, one run in an arm; cutmix_staged − baseline |" in row
     # Evaluations of different settings do not compare.
     other = sweep / "0_baseline" / "eval" / "eval.json"
     other.write_text(json.dumps({**json.loads(other.read_text()), "images": 10}))

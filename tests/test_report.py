@@ -74,7 +74,8 @@ def test_report_writes_tables_plots_and_claims(sweep: Path, tmp_path: Path) -> N
     cells = _row(text, "CutMix reduces training accuracy slightly")
     assert cells[1:6] == ["clean_train_accuracy", "CutMix − baseline", "full", "3",
                           "-5.00 ± 0.00"]
-    assert cells[9:12] == ["supported", "supported", "paired t, 3 common seeds"]
+    assert cells[9:12] == ["supported", "supported",
+                           "paired t, 3 common seeds; cutmix_staged − baseline"]
     assert _row(text, "CutMix from the start, with earlier unfreezing")[9] == "supported"
     robust = _row(text, "MixUp is more robust")  # equal flip rates
     assert robust[5] == "0.00 ± 0.00" and robust[9:11] == ["inconclusive", "inconclusive"]

@@ -89,3 +89,11 @@ def test_minimum_detectable_effect() -> None:
     mdes = [stats.min_detectable_effect(1.0, df) for df in (1, 2, 4, 9)]
     assert mdes == sorted(mdes, reverse=True) and mdes[2] == pytest.approx(3.761, rel=1e-3)
     assert math.isnan(stats.min_detectable_effect(0.0, 4))
+
+
+def test_larger_magnitude_needs_four_seeds_and_never_reports_p_zero() -> None:
+    few = stats.larger_magnitude({0: 5.0, 1: 4.0}, {0: 0.1, 1: -0.2})
+    assert math.isnan(few.half_width) and stats.verdict(few, +1).startswith("inconclusive")
+    sure = stats.larger_magnitude({s: 5.0 + s / 10 for s in range(5)},
+                                  {s: 0.1 * (-1) ** s for s in range(5)}, resamples=999)
+    assert sure.p == pytest.approx(1 / 1000)  # no resample crossed 0: p < 1/1000, not 0
