@@ -169,12 +169,20 @@ def finished_summary(cfg: RunConfig, out_dir: Path) -> dict[str, Any] | None:
     if cfg.trainer.resume != "auto" or not summary.exists():
         return None
     last = out_dir / "checkpoints" / LAST
-    diff = config_difference(with_current_defaults(load(last).config), result_config(cfg))
-    if diff:
-        raise RunError(f"trainer.resume: {out_dir} finished with a different config ({diff}); "
-                       "pick a new hydra.run.dir")
+    if last.exists():
+        diff = config_difference(with_current_defaults(load(last).config), result_config(cfg))
+        if diff:
+            raise RunError(f"trainer.resume: {out_dir} finished with a different config "
+                           f"({diff}); pick a new hydra.run.dir")
+    else:  # checkpoints removed to save space: the finished run is still kept, unchecked
+        log.warning("%s has no %s to compare configs with; kept as it is", out_dir, last.name)
+    try:
+        finished = json.loads(summary.read_text())
+    except json.JSONDecodeError:
+        raise RunError(f"{summary} is not valid JSON; remove it to rerun the test "
+                       "evaluation, or pick a new hydra.run.dir") from None
     log.info("%s already finished; kept as it is (trainer.resume=auto)", out_dir)
-    return json.loads(summary.read_text())
+    return finished
 
 
 def resume_path(resume: str | None, folder: Path) -> Path | None:

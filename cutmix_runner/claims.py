@@ -20,9 +20,10 @@ Lookup = Callable[[str, str], dict[int, float]]
 # An effect needs the lookup and the strata it compares (one, or the smallest and the largest).
 Effect = Callable[[Lookup, list[str]], Estimate | None]
 
-# The 2 x 2 cells, (timing, strength) -> preset.
+# The 2 x 2 cells, (timing, strength) -> preset, in stats.factorial_2x2's argument order.
 CELLS = {("early", "mild"): "cutmix_early_mild", ("early", "strong"): "cutmix_early_strong",
          ("late", "mild"): "cutmix_late_mild", ("late", "strong"): "cutmix_late_strong"}
+CELL_ORDER = (("early", "mild"), ("early", "strong"), ("late", "mild"), ("late", "strong"))
 # The recipe's CutMix arm; the study's nearest arm stands in when cutmix_staged did not run.
 CUTMIX = ("cutmix_staged", "cutmix_late_mild")
 
@@ -37,8 +38,9 @@ class Claim:
     across_strata: bool = False
 
 
-def first_present(look: Lookup, presets: tuple[str, ...], stratum: str) -> str | None:
-    return next((p for p in presets if look(p, stratum)), None)
+def first_present(look: Lookup, presets: tuple[str, ...], *strata: str) -> str | None:
+    """The first preset that ran in every one of `strata`."""
+    return next((p for p in presets if all(look(p, s) for s in strata)), None)
 
 
 def difference(a: tuple[str, ...] | str, b: str) -> Effect:
@@ -67,8 +69,8 @@ def size_interaction(a: tuple[str, ...], b: str) -> Effect:
     """(A - B at the smallest size) - (A - B at the largest), per seed."""
     def effect(look: Lookup, strata: list[str]) -> Estimate | None:
         small, large = strata[0], strata[-1]
-        arm = first_present(look, a, small)
-        if arm is None or arm != first_present(look, a, large):
+        arm = first_present(look, a, small, large)
+        if arm is None:
             return None
         values = stats.per_seed(lambda w, x, y, z: (w - x) - (y - z), look(arm, small),
                                 look(b, small), look(arm, large), look(b, large))
@@ -80,7 +82,7 @@ def size_interaction(a: tuple[str, ...], b: str) -> Effect:
 
 
 def factorial(look: Lookup, stratum: str) -> stats.Factorial | None:
-    cells = [look(CELLS[key], stratum) for key in sorted(CELLS)]
+    cells = [look(CELLS[key], stratum) for key in CELL_ORDER]
     if not all(cells):
         return None
     result = stats.factorial_2x2(*cells)

@@ -45,7 +45,7 @@ def mixed_examples(regularizer: Regularizer, images: torch.Tensor, labels: torch
     targets). A copy does the mixing, so the run's regularizer and its random state are
     untouched."""
     preview = copy.deepcopy(regularizer)
-    preview.prob = 1.0 if preview.prob > 0 else 0.0
+    preview.prob = 1.0  # also when a ramp starts at 0; `none` leaves images as they are anyway
     mix = preview.apply(images.float() / 255, one_hot(labels, num_classes))
     return mix.images.clamp(0, 1), mix.targets
 
@@ -105,6 +105,9 @@ class RunLogger:
     def finish(self, config: dict[str, Any], summary: dict[str, Any]) -> None:
         pass
 
+    def close(self) -> None:
+        """Release files without a summary (a run stopped early, e.g. a pruned search trial)."""
+
 
 class TensorBoardLogger(RunLogger):
     """Event files in RUN_DIR/tensorboard: per-step loss and learning rates (at each loss
@@ -137,6 +140,9 @@ class TensorBoardLogger(RunLogger):
                    "test_accuracy_single_view", "final_test_accuracy") if k in summary}
         metrics["hparam/best_val_accuracy"] = summary["best"]["val_accuracy"]
         self.writer.add_hparams(flat_hparams(config), metrics, run_name=".")
+        self.close()
+
+    def close(self) -> None:
         self.writer.close()
 
 

@@ -51,7 +51,10 @@ class Run:
 
     @property
     def seed(self) -> int:
-        return int(self.overrides.get("trainer.seed", 0))  # configs/trainer/default.yaml
+        value = self.overrides.get("trainer.seed", "0")  # configs/trainer/default.yaml
+        if not value.lstrip("-").isdigit():
+            raise ReportError(f"{self.path}: trainer.seed={value} is not an integer")
+        return int(value)
 
 
 def _read_records(path: Path) -> list[dict[str, Any]]:
@@ -90,9 +93,13 @@ def load_runs(paths: list[Path]) -> list[Run]:
     if not found:
         raise ReportError(f"no finished runs (summary.json) under {', '.join(map(str, paths))}")
     runs = []
-    for run in found:
+    for run in dict.fromkeys(p.resolve() for p in found):  # overlapping paths count once
         overrides_file = run / ".hydra" / "overrides.yaml"
-        raw = yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else []
+        try:
+            raw = yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else []
+        except yaml.YAMLError:
+            raise ReportError(f"{overrides_file} is not valid YAML; re-create or remove "
+                              "the run") from None
         overrides = dict(o.lstrip("+~").split("=", 1) for o in raw or [] if "=" in o)
         robustness = run / "eval" / "eval.json"
         runs.append(Run(run, overrides, _read_json(run / "summary.json"),
@@ -166,8 +173,10 @@ def collect(runs: list[Run]) -> None:
 
 
 def preset(arm: str) -> str:
-    """The preset an arm ran ("experiment=baseline" -> "baseline")."""
-    return arm.split("=")[-1]
+    """The preset an arm ran ("experiment=baseline" -> "baseline"); the whole label when the
+    arm is not named by its experiment."""
+    parts = dict(p.split("=", 1) for p in arm.split() if "=" in p)
+    return parts.get("experiment", arm.split("=")[-1])
 
 
 def stratum_order(strata: set[str]) -> list[str]:
@@ -188,16 +197,23 @@ class Study:
     def of(cls, runs: list[Run], arm_keys: list[str]) -> Study:
         arms: dict[tuple[str, str], list[Run]] = {}
         for run in sorted(runs, key=lambda r: (r.arm, r.seed)):
-            arms.setdefault((run.arm, run.stratum), []).append(run)
+            same = arms.setdefault((run.arm, run.stratum), [])
+            twin = next((r for r in same if r.seed == run.seed), None)
+            if twin is not None:
+                raise ReportError(f"two runs of arm {run.arm}, train size {run.stratum}, seed "
+                                  f"{run.seed}: {twin.path} and {run.path}; report one of them")
+            same.append(run)
         return cls(runs, arm_keys, stratum_order({r.stratum for r in runs}), arms)
 
     def values(self, metric: str) -> claims.Lookup:
         def look(name: str, stratum: str) -> dict[int, float]:
-            found: dict[int, float] = {}
-            for (arm, s), runs in self.arms.items():
-                if s == stratum and preset(arm) == name:
-                    found.update({r.seed: r.scalars[metric] for r in runs if metric in r.scalars})
-            return found
+            """Per-seed values of the one arm that ran preset `name`; none when several arms
+            did (they differ in another arm key, and pooling them would mix two designs)."""
+            matches = [runs for (arm, s), runs in self.arms.items()
+                       if s == stratum and preset(arm) == name]
+            if len(matches) != 1:
+                return {}
+            return {r.seed: r.scalars[metric] for r in matches[0] if metric in r.scalars}
         return look
 
     def in_stratum(self, stratum: str) -> dict[str, list[Run]]:
@@ -230,7 +246,10 @@ PROCEDURE = f"""## How the claims are tested
 
 
 def _number(value: float, digits: int) -> str:
-    return "–" if math.isnan(value) else f"{value:.{digits}f}"
+    if math.isnan(value):
+        return "–"
+    smallest = 10 ** -digits
+    return f"< {smallest:.{digits}f}" if 0 <= value < smallest else f"{value:.{digits}f}"
 
 
 def claims_section(rows: list[Row]) -> list[str]:

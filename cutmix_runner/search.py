@@ -18,6 +18,7 @@ import argparse
 import json
 import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +43,21 @@ def load_space(name_or_path: str) -> dict[str, dict[str, Any]]:
     if not path.exists():
         known = ", ".join(sorted(p.stem for p in SPACES.glob("*.yaml")))
         raise SearchError(f"--space: no space '{name_or_path}' (known: {known}, or a path)")
-    space = yaml.safe_load(path.read_text()) or {}
+    try:
+        space = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise SearchError(f"{path} is not valid YAML ({type(exc).__name__})") from None
+    if not isinstance(space, dict):
+        raise SearchError(f"{path}: expected a mapping of override keys to distributions")
     for key, spec in space.items():
-        kinds = [k for k in KINDS if k in (spec or {})]
+        kinds = [k for k in KINDS if isinstance(spec, dict) and k in spec]
         if len(kinds) != 1 or set(spec) - {*KINDS, "log"}:
             raise SearchError(f"{path}: {key} needs exactly one of int, float, categorical "
                               f"(and optionally log), got {spec}")
+        bounds = spec[kinds[0]]
+        if not isinstance(bounds, list) or (kinds[0] != "categorical" and len(bounds) != 2):
+            raise SearchError(f"{path}: {key}: {kinds[0]} takes a list "
+                              f"{'of choices' if kinds[0] == 'categorical' else '[low, high]'}")
     return space
 
 
@@ -66,11 +76,13 @@ def suggest(trial: Any, space: dict[str, dict[str, Any]]) -> list[str]:
 
 
 class PruningReporter:
-    """Wraps a run's logger: each epoch's validation accuracy goes to the trial, which may
-    stop the run (optuna.TrialPruned) when it is below the median of earlier trials."""
+    """Wraps a run's logger: each epoch of the last stage reports its validation accuracy to the
+    trial, which may stop the run (optuna.TrialPruned) when it is below the median of earlier
+    trials at the same epoch of that stage. Only the last stage: earlier stages' lengths are
+    searched (and may end on a plateau), so their epochs do not line up across trials."""
 
-    def __init__(self, inner: Any, trial: Any) -> None:
-        self.inner, self.trial = inner, trial
+    def __init__(self, inner: Any, trial: Any, last_stage: int) -> None:
+        self.inner, self.trial, self.last_stage = inner, trial, last_stage
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -79,7 +91,9 @@ class PruningReporter:
         import optuna
 
         self.inner.epoch(record)
-        self.trial.report(record["val_accuracy"], record["global_epoch"])
+        if record["stage_index"] != self.last_stage:
+            return
+        self.trial.report(record["val_accuracy"], record["epoch"])
         if self.trial.should_prune():
             raise optuna.TrialPruned(f"val accuracy {record['val_accuracy']:.4f} at epoch "
                                      f"{record['global_epoch']}")
@@ -93,12 +107,16 @@ def objective(space: dict[str, dict[str, Any]], base: list[str], out: Path) -> A
     def run_trial(trial: Any) -> float:
         overrides = [*base, *suggest(trial, space)]
         trial.set_user_attr("overrides", overrides)
-        run_dir = out / f"trial_{trial.number}"
+        run_dir = (out / f"trial_{trial.number}").resolve()
         trial.set_user_attr("run_dir", str(run_dir))
         cfg = validate(compose_train(overrides))
         run = trainer.prepare(cfg, run_dir)
-        run.logger = PruningReporter(run.logger, trial)  # type: ignore[assignment]
-        trainer.train_stages(run)  # training and validation only: no test set
+        logger = run.logger
+        run.logger = PruningReporter(logger, trial, len(cfg.schedule.stages) - 1)  # type: ignore[assignment]
+        try:
+            trainer.train_stages(run)  # training and validation only: no test set
+        finally:
+            logger.close()
         best = run.progress.best
         (run_dir / "trial.json").write_text(json.dumps(
             {"number": trial.number, "overrides": overrides, "best": best}, indent=2) + "\n")
@@ -107,14 +125,15 @@ def objective(space: dict[str, dict[str, Any]], base: list[str], out: Path) -> A
     return run_trial
 
 
-def test_best(study: Any) -> float:
-    """The best trial's best-validation checkpoint on the test set: the one test evaluation."""
+def test_best(study: Any, data_root: str) -> float:
+    """The best trial's best-validation checkpoint on the test set, single view: the search's
+    one test evaluation (each invocation re-scores the best trial so far)."""
     from cutmix_runner.inference import load_test_set, load_trained
     from cutmix_runner.robustness import accuracy
 
     run_dir = Path(study.best_trial.user_attrs["run_dir"])
     trained = load_trained(run_dir)
-    images, labels = load_test_set(trained, run_dir)
+    images, labels = load_test_set(trained, run_dir, data_root)
     return accuracy(trained, images, labels, batch_size=256)
 
 
@@ -147,7 +166,8 @@ def write_report(study: Any, out: Path, test_accuracy: float, command: str) -> P
              "the test set is used once, below, for the best trial only.", "",
              f"## Best trial: #{best.number}", "",
              f"- best validation accuracy: {100 * best.value:.2f} %",
-             f"- test accuracy of its best-validation checkpoint: {100 * test_accuracy:.2f} %",
+             f"- test accuracy of its best-validation checkpoint (single view): "
+             f"{100 * test_accuracy:.2f} %",
              f"- run directory: `{best.user_attrs['run_dir']}`", "",
              "```", *best.user_attrs["overrides"], "```", "",
              "## Parameter importance (PED-ANOVA)", "", "| parameter | importance |", "|---|---:|"]
@@ -184,23 +204,32 @@ def search(args: argparse.Namespace, command: str) -> Path:
     from cutmix_runner.config import validate
 
     space = load_space(args.space)
-    validate(compose_train(args.overrides))  # the trials' shared overrides fail here, once
-    args.out.mkdir(parents=True, exist_ok=True)
-    storage = args.storage or f"sqlite:///{(args.out / 'study.db').resolve()}"
-    study = optuna.create_study(
-        study_name=args.study_name, storage=storage, direction="maximize", load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=args.seed + len(_existing(storage, args))),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1))
+    base = validate(compose_train(args.overrides))  # shared overrides fail here, once
+    out = args.out / args.study_name  # trial numbers count per study
+    out.mkdir(parents=True, exist_ok=True)
+    url = args.storage or f"sqlite:///{(args.out / 'study.db').resolve()}"
+    try:
+        # The heartbeat marks a trial whose process died (a kill, a timeout) as failed.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
+        study = optuna.create_study(
+            study_name=args.study_name, storage=storage, direction="maximize",
+            load_if_exists=True,
+            sampler=optuna.samplers.TPESampler(seed=args.seed + len(_existing(storage, args))),
+            pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0))
+    except (ValueError, ImportError, optuna.exceptions.OptunaError) as exc:
+        raise SearchError(f"--storage {url}: {exc}") from None
     done = len(study.trials)
-    study.optimize(objective(space, args.overrides, args.out), n_trials=args.trials,
+    study.optimize(objective(space, args.overrides, out), n_trials=args.trials,
                    catch=(UserError,))
     log.info("study %s: %d trials before, %d now", args.study_name, done, len(study.trials))
     if not any(t.state.name == "COMPLETE" for t in study.trials):
-        raise SearchError("no trial completed; see the trials' logs under " + str(args.out))
-    return write_report(study, args.out, test_best(study), command)
+        raise SearchError("no trial completed; see the trials' logs under " + str(out))
+    return write_report(study, out, test_best(study, base.data.root), command)
 
 
-def _existing(storage: str, args: argparse.Namespace) -> list[Any]:
+def _existing(storage: Any, args: argparse.Namespace) -> list[Any]:
     """Trials already in the study: a resumed search reseeds its sampler past them."""
     import optuna
 
@@ -219,6 +248,10 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as exc:
         print(f"cutmix-search: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("cutmix-search: interrupted; the trial in progress is marked failed, the study "
+              "keeps the others: run the same command to continue", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

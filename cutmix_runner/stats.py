@@ -55,21 +55,21 @@ def t_quantile(df: float, level: float = LEVEL) -> float:
 def min_detectable_effect(se: float, df: float, alpha: float = 1 - LEVEL,
                           power: float = POWER) -> float:
     """The true effect a two-sided t test with this standard error and df detects with the given
-    power: solves P(|T'| > t_crit) = power for the noncentral t T' (scipy.stats.nct)."""
-    if df < 1 or not se > 0:
+    power: solves P(|T'| > t_crit) = power for the noncentral t T' (scipy.stats.nct), in units
+    of the noncentrality (effect / se), then scales by se."""
+    if df < 1 or not (se > 0 and math.isfinite(se)) or not 0 < alpha < power < 1:
         return math.nan
     crit = float(stats.t.ppf(1 - alpha / 2, df))
 
-    def shortfall(delta: float) -> float:
-        nc = delta / se
+    def shortfall(nc: float) -> float:
         # The wrong-sign tail is negligible here, and scipy returns nan for it at large nc.
         wrong_sign = float(np.nan_to_num(stats.nct.cdf(-crit, df, nc)))
         return float(stats.nct.sf(crit, df, nc)) + wrong_sign - power
 
-    high = se * (crit + 3)
-    while shortfall(high) < 0:  # widen until the power is reached (heavy tails at small df)
+    high = crit + 3
+    while shortfall(high) < 0 and high < 1e6:  # heavy tails at small df need a wider bracket
         high *= 2
-    return float(optimize.brentq(shortfall, 0.0, high))
+    return se * float(optimize.brentq(shortfall, 0.0, high))
 
 
 def mean_ci(values: Sequence[float]) -> Estimate:
@@ -166,16 +166,16 @@ def larger_magnitude(first: dict[int, float], second: dict[int, float],
                              n_resamples=resamples, confidence_level=LEVEL,
                              method="percentile", rng=np.random.default_rng(seed))
     dist = result.bootstrap_distribution
-    # Never below 1 / (resamples + 1): "no resample crossed 0" is not p = 0.
-    p = min(1.0, max(2 * min(float((dist <= 0).mean()), float((dist >= 0).mean())),
-                     1 / (resamples + 1)))
+    # Never below the resampling's resolution: with n seeds there are C(2n - 1, n) distinct
+    # resamples, so "no resample crossed 0" means p < 1 / C(2n - 1, n), not p = 0.
+    floor = max(1 / (resamples + 1), 1 / math.comb(2 * len(seeds) - 1, len(seeds)))
+    p = min(1.0, max(2 * min(float((dist <= 0).mean()), float((dist >= 0).mean())), floor))
     low, high = result.confidence_interval
     # Report the interval around the observed value; percentile intervals need not be symmetric,
     # so the half-width is the larger side (conservative for the verdict).
     half = max(observed - float(low), float(high) - observed)
-    se = float(result.standard_error)
-    mde = (stats.norm.ppf(1 - (1 - LEVEL) / 2) + stats.norm.ppf(POWER)) * se
-    return Estimate(observed, half, len(seeds), p, float(mde),
+    mde = min_detectable_effect(float(result.standard_error), len(seeds) - 1)
+    return Estimate(observed, half, len(seeds), p, mde,
                     f"paired percentile bootstrap, {resamples} resamples, {len(seeds)} seeds")
 
 

@@ -138,7 +138,8 @@ def test_study_report_tests_the_factorial_and_new_claims(study: Path, tmp_path: 
     for line in text.splitlines():
         if line.startswith("| ") and " paired t" in line:
             cells = [c.strip() for c in line.strip("|").split("|")]
-            assert float(cells[8]) >= float(cells[7])
+            raw, holm = (float(c.replace("< ", "")) for c in (cells[7], cells[8]))
+            assert holm >= raw
             assert float(cells[6]) > 0 or cells[1] != "test_accuracy"
     for name in ("interaction.png", "forest.png", "accuracy_curves_1000.png",
                  "reliability_5000.png"):
@@ -151,8 +152,16 @@ def test_report_refuses_runs_that_differ_in_more_than_the_arm(sweep: Path,
                                    "model.image_size=64"], 0.7, 0.9, 0.5, 0)
     with pytest.raises(ReportError, match="differ in more than the arm, the seed and the data"):
         build_report([sweep], tmp_path / "r")
-    report = build_report([sweep], tmp_path / "r", arm_keys=["experiment"])
-    assert "arm key: experiment" in report.read_text()
+    # Naming only the experiment as the arm would pool two seed-0 baseline runs: refused too.
+    with pytest.raises(ReportError, match="two runs of arm experiment=baseline, train size full"):
+        build_report([sweep], tmp_path / "r", arm_keys=["experiment"])
+    report = build_report([sweep], tmp_path / "r", arm_keys=["experiment", "model.image_size"])
+    text = report.read_text()
+    assert "arm key: experiment, model.image_size" in text
+    # Two arms ran the baseline preset now: claims against "baseline" are not pooled over them.
+    assert "cutmix_staged − baseline |" not in text
+    assert "| CutMix from the start, with earlier unfreezing" in text  # other arms still compare
+    assert "13 runs in 5 arms" in text
 
 
 def test_cli_error_is_one_line(tmp_path: Path) -> None:

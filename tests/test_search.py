@@ -52,11 +52,13 @@ def test_search_writes_its_study_resumes_it_and_tests_the_best_trial_once(
             record = json.loads((run / "trial.json").read_text())
             assert record["best"]["val_accuracy"] == pytest.approx(trial.value)
             assert "test" not in json.dumps(record)
-    report = (tmp_path / "search" / "report.md").read_text()
+    out = tmp_path / "search" / "cutmix-search"  # OUT/STUDY_NAME: trial numbers are per study
+    assert Path(study.trials[0].user_attrs["run_dir"]) == (out / "trial_0").resolve()
+    report = (out / "report.md").read_text()
     assert report.count("test accuracy") == 1
     assert f"## Best trial: #{study.best_trial.number}" in report
     assert "| parameter | importance |" in report
-    assert (tmp_path / "search" / "optimization_history.png").stat().st_size > 1000
+    assert (out / "optimization_history.png").stat().st_size > 1000
 
 
 def test_bad_space_and_bad_overrides_are_one_line(tmp_path: Path) -> None:
@@ -64,6 +66,9 @@ def test_bad_space_and_bad_overrides_are_one_line(tmp_path: Path) -> None:
     result = _search(tmp_path, "--trials", "1")
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert "needs exactly one of int, float, categorical" in result.stderr
+    (tmp_path / "space.yaml").write_text("- not a mapping\n")
+    result = _search(tmp_path, "--trials", "1")
+    assert result.returncode == 2 and "expected a mapping" in result.stderr
     (tmp_path / "space.yaml").write_text(SPACE)
     result = _search(tmp_path, "--trials", "1", "trainer.bach_size=3")
     assert result.returncode == 2 and result.stderr.count("\n") == 1

@@ -89,6 +89,10 @@ def test_minimum_detectable_effect() -> None:
     mdes = [stats.min_detectable_effect(1.0, df) for df in (1, 2, 4, 9)]
     assert mdes == sorted(mdes, reverse=True) and mdes[2] == pytest.approx(3.761, rel=1e-3)
     assert math.isnan(stats.min_detectable_effect(0.0, 4))
+    assert math.isnan(stats.min_detectable_effect(math.inf, 4))
+    # Scale-free: tiny and huge standard errors give the same multiple of se.
+    assert stats.min_detectable_effect(1e-300, 4) == pytest.approx(3.761e-300, rel=1e-3)
+    assert stats.min_detectable_effect(1e6, 4) == pytest.approx(3.761e6, rel=1e-3)
 
 
 def test_larger_magnitude_needs_four_seeds_and_never_reports_p_zero() -> None:
@@ -96,4 +100,6 @@ def test_larger_magnitude_needs_four_seeds_and_never_reports_p_zero() -> None:
     assert math.isnan(few.half_width) and stats.verdict(few, +1).startswith("inconclusive")
     sure = stats.larger_magnitude({s: 5.0 + s / 10 for s in range(5)},
                                   {s: 0.1 * (-1) ** s for s in range(5)}, resamples=999)
-    assert sure.p == pytest.approx(1 / 1000)  # no resample crossed 0: p < 1/1000, not 0
+    # No resample crossed 0, but 5 seeds have only C(9, 5) = 126 distinct resamples: p is
+    # floored at 1/126, not reported as 0 (nor as 1/1000).
+    assert sure.p == pytest.approx(1 / 126)
