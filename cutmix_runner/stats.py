@@ -198,7 +198,8 @@ def verdict(effect: Estimate, expected_sign: int, p: float | None = None,
     """"supported" / "contradicted" when the effect is significant (by its interval, or by the
     given adjusted p-value) in the expected / opposite direction, else "inconclusive"."""
     if math.isnan(effect.half_width) and p is None:
-        return "inconclusive (one run per arm)"
+        return ("inconclusive (one run per arm)" if effect.n < 2
+                else f"inconclusive (too few seeds for an interval: n = {effect.n})")
     significant = (p < alpha) if p is not None else (effect.low > 0 or effect.high < 0)
     if not significant:
         return "inconclusive"
