@@ -56,11 +56,15 @@ def difference(a: tuple[str, ...] | str, b: str) -> Effect:
     return effect
 
 
+def _difference_of_differences(w: float, x: float, y: float, z: float) -> float:
+    return (w - x) - (y - z)
+
+
 def difference_of_differences(a1: str, b1: str, a2: str, b2: str) -> Effect:
     """(A1 - B1) - (A2 - B2) per seed, in one stratum: an interaction, paired t."""
     def effect(look: Lookup, strata: list[str]) -> Estimate | None:
         arms = [look(arm, strata[0]) for arm in (a1, b1, a2, b2)]
-        values = stats.per_seed(lambda w, x, y, z: (w - x) - (y - z), *arms)
+        values = stats.per_seed(_difference_of_differences, *arms)
         return stats.mean_ci(list(values.values())) if values else None
     return effect
 
@@ -72,7 +76,7 @@ def size_interaction(a: tuple[str, ...], b: str) -> Effect:
         arm = first_present(look, a, small, large)
         if arm is None:
             return None
-        values = stats.per_seed(lambda w, x, y, z: (w - x) - (y - z), look(arm, small),
+        values = stats.per_seed(_difference_of_differences, look(arm, small),
                                 look(b, small), look(arm, large), look(b, large))
         if not values:
             return None

@@ -52,11 +52,9 @@ def mixed_examples(regularizer: Regularizer, images: torch.Tensor, labels: torch
 
 def grid_figure(images: torch.Tensor, targets: torch.Tensor, classes: tuple[str, ...],
                 title: str) -> Any:
-    import matplotlib
+    from cutmix_runner.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     columns = 4
     rows = math.ceil(len(images) / columns)
     fig, axes = plt.subplots(rows, columns, figsize=(2.3 * columns, 2.5 * rows), squeeze=False)
@@ -89,9 +87,9 @@ class RunLogger:
                           f"(the grid shows it applied)")
         fig.savefig(self.out_dir / f"examples_{name}.png", dpi=100)
         self.figure(f"examples/{name}", fig, global_step)
-        import matplotlib.pyplot as plt
+        from cutmix_runner.plots import pyplot
 
-        plt.close(fig)
+        pyplot().close(fig)
 
     def figure(self, tag: str, fig: Any, global_step: int) -> None:
         pass

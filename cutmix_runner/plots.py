@@ -15,7 +15,8 @@ if TYPE_CHECKING:
     from cutmix_runner.report import Run
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend (files only, no display)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -27,7 +28,7 @@ def _pyplot() -> Any:
 def _save(fig: Any, out: Path, name: str) -> str:
     fig.tight_layout()
     fig.savefig(out / name, dpi=110)
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return name
 
 
@@ -37,7 +38,7 @@ def _stage_boundaries(run: Run) -> list[float]:
 
 def curves(arms: dict[str, list[Run]], out: Path, name: str = "accuracy_curves.png") -> str:
     """Validation and clean-train accuracy per epoch, mean over each arm's seeds."""
-    fig, axes = _pyplot().subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    fig, axes = pyplot().subplots(1, 2, figsize=(12, 4.5), sharey=True)
     for arm, runs in arms.items():
         length = min(len(r.records) for r in runs)
         epochs = [runs[0].records[i]["global_epoch"] for i in range(length)]
@@ -60,7 +61,7 @@ def bars(arms: dict[str, list[Run]], metric: str, title: str, out: Path, name: s
     names = list(arms)
     estimates = [mean_ci([r.scalars[metric] for r in arms[a] if metric in r.scalars] or
                          [math.nan]) for a in names]
-    fig, ax = _pyplot().subplots(figsize=(max(6, 1.4 * len(names)), 4))
+    fig, ax = pyplot().subplots(figsize=(max(6, 1.4 * len(names)), 4))
     errors = [0 if math.isnan(e.half_width) else 100 * e.half_width for e in estimates]
     ax.bar(range(len(names)), [100 * e.mean for e in estimates], yerr=errors, capsize=4)
     ax.set_xticks(range(len(names)), [n.split("=")[-1] for n in names], rotation=20, fontsize=8)
@@ -71,7 +72,7 @@ def bars(arms: dict[str, list[Run]], metric: str, title: str, out: Path, name: s
 
 def reliability(arms: dict[str, list[Run]], out: Path, name: str = "reliability.png") -> str:
     """Test reliability diagram per arm, bins pooled over seeds."""
-    fig, ax = _pyplot().subplots(figsize=(5.5, 5))
+    fig, ax = pyplot().subplots(figsize=(5.5, 5))
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=0.8)
     for arm, runs in arms.items():
         bins = [r.summary["test"]["reliability"] for r in runs if "test" in r.summary]
@@ -95,7 +96,7 @@ def interaction(cells: dict[str, dict[tuple[str, str], list[float]]], out: Path,
                 name: str = "interaction.png") -> str:
     """Test accuracy by timing, one line per strength, 95 % interval bars; a panel per data
     size. Parallel lines mean no interaction; the vertical gap is the strength effect."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(cells), figsize=(5 * len(cells), 4.2), squeeze=False)
     for ax, (stratum, by_cell) in zip(axes[0], cells.items(), strict=True):
         for offset, strength in ((-0.03, "mild"), (0.03, "strong")):
@@ -116,7 +117,7 @@ def forest(rows: list[Row], scales: dict[str, float], out: Path, name: str = "fo
     """Each tested claim's effect with its 95 % interval, in the metric's display unit, signed
     so that right of 0 is the direction the post predicts."""
     tested = [r for r in rows if r.effect is not None and not math.isnan(r.effect.mean)]
-    fig, ax = _pyplot().subplots(figsize=(11, 0.42 * len(tested) + 1.5))
+    fig, ax = pyplot().subplots(figsize=(11, 0.42 * len(tested) + 1.5))
     for y, row in enumerate(reversed(tested)):
         sign, scale = row.claim.expected_sign, scales[row.claim.metric]
         effect = row.effect
