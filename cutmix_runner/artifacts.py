@@ -30,10 +30,13 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 class MetricsLog:
     """metrics.jsonl: one JSON object per finished epoch, flushed and fsynced line by line."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, writes: bool = True) -> None:
         self.path = path
+        self.writes = writes  # False on DDP ranks other than 0: only rank 0 writes
 
     def append(self, record: dict[str, Any]) -> None:
+        if not self.writes:
+            return
         with open(self.path, "a") as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")
             f.flush()
@@ -41,5 +44,7 @@ class MetricsLog:
 
     def rewrite(self, records: list[dict[str, Any]]) -> None:
         """Replace the file atomically with exactly these records (used on resume)."""
+        if not self.writes:
+            return
         text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
         atomic_write_bytes(self.path, text.encode())

@@ -12,6 +12,7 @@ from torch import nn
 
 from cutmix_runner.config import RunConfig, StageConfig
 from cutmix_runner.data import Splits, build_splits, steps_per_epoch, stratified_split
+from cutmix_runner.distributed import ONE_PROCESS, World, synced
 from cutmix_runner.errors import RunError
 from cutmix_runner.mixing import build_regularizer
 from cutmix_runner.model import (
@@ -28,7 +29,10 @@ from cutmix_runner.step import TrainStep
 from cutmix_runner.transforms import Preprocess
 
 
-def data_splits(cfg: RunConfig, device: torch.device) -> Splits:
+def data_splits(cfg: RunConfig, device: torch.device, world: World = ONE_PROCESS) -> Splits:
+    if cfg.trainer.batch_size % world.size:  # unequal slices would weight images unequally
+        raise RunError(f"trainer.batch_size={cfg.trainer.batch_size} does not split evenly over "
+                       f"{world.size} processes; use a multiple of {world.size}")
     data = build_splits(cfg.data).to(device)
     if cfg.trainer.batch_size > len(data.train_x):
         raise RunError(f"trainer.batch_size={cfg.trainer.batch_size} is larger than the "
@@ -46,9 +50,11 @@ def clean_train_subset(data: Splits, cfg: RunConfig) -> tuple[torch.Tensor, torc
     return data.train_x[index], data.train_y[index]
 
 
-def model_and_preprocess(cfg: RunConfig, num_classes: int,
-                         device: torch.device) -> tuple[nn.Module, Preprocess]:
+def model_and_preprocess(cfg: RunConfig, num_classes: int, device: torch.device,
+                         world: World = ONE_PROCESS) -> tuple[nn.Module, Preprocess]:
     model = build_model(cfg.model, num_classes, device)
+    if world.parallel and cfg.trainer.sync_bn:
+        synced(model)
     # Check every stage's freeze depth now, not when the stage starts.
     for name, stage in cfg.schedule.stages.items():
         try:
@@ -78,7 +84,7 @@ def stage_step(model: nn.Module, cfg: RunConfig, index: int, stage: StageConfig,
     steps = steps_per_epoch(len(data.train_x), cfg.trainer.batch_size)
     scheduler = build_scheduler(optimizer, stage, steps, cfg.optim.min_lr_ratio)
     regularizer = build_regularizer(stage.regularizer, data.num_classes,
-                                    seed=cfg.trainer.seed * 1000 + index)
+                                    seed=runtime.world.seed(cfg.trainer.seed * 1000 + index))
     return plan, TrainStep(model, optimizer, scheduler, regularizer, preprocess,
                            runtime.autocast, stage.regularizer.label_smoothing,
                            cfg.optim.grad_clip, check_finite=cfg.trainer.sync_every == 1)

@@ -150,7 +150,9 @@ def restore(run: Run, path: Path) -> RunState:
     """Continue from a checkpoint that fits this config: weights, progress and every RNG."""
     state = load(path)
     check_fits(state, run.cfg, run.runtime.precision, path)
-    adopt_best(path, run.ckpt_dir)
+    state.rng = run.world.check_checkpoint(state.rng, path)  # this rank's generators
+    if run.world.is_writer:
+        adopt_best(path, run.ckpt_dir)
     run.model.load_state_dict(state.model)
     run.progress = Progress.of(state)
     runtime.set_global_rng_state(state.rng)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -35,36 +36,60 @@ def fail(message: str) -> NoReturn:
     """One line on stderr and exit status 2.
 
     Raised as SystemExit inside the job, so Hydra neither logs the job as crashed nor prints a
-    traceback.
+    traceback. Under torchrun every rank meets the same bad input; rank 0 alone says so.
     """
-    print(f"cutmix-train: error: {message}", file=sys.stderr)
+    say(f"cutmix-train: error: {message}")
     raise SystemExit(2)
+
+
+def rank() -> int:
+    """This process's rank under torchrun (0 outside it); read from the environment, so that
+    `cutmix-train --help` does not load torch."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def say(text: str) -> None:
+    """Print to stderr on rank 0 only: N ranks do not repeat each line."""
+    if rank() == 0:
+        print(text, file=sys.stderr)
+
+
+def rank_overrides() -> list[str]:
+    """Hydra overrides for ranks other than 0: no output directory, .hydra/ or log file of their
+    own. They train into rank 0's run directory (trainer.train), where rank 0 alone writes."""
+    if rank() == 0:
+        return []
+    return ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=none",
+            "hydra/hydra_logging=none"]
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def train(cfg: DictConfig) -> float:
-    from cutmix_runner.trainer import train as train_run  # torch loads after Hydra has parsed
+    from cutmix_runner import distributed  # torch loads after Hydra has parsed
+    from cutmix_runner.trainer import train as train_run
 
     out_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
     try:
+        if hydra_cfg.mode == RunMode.MULTIRUN and distributed.launched().parallel:
+            fail("torchrun trains one run: drop -m, or sweep with LAUNCHER=submitit_local")
         run_cfg = validate(cfg)
-        with interrupts.handled():
+        with interrupts.handled(), distributed.joined(run_cfg.trainer.device):
             summary = train_run(run_cfg, out_dir)
     except UserError as exc:
         fail(str(exc))
     except KeyboardInterrupt:
         last = out_dir / "checkpoints" / "last.pt"
-        where = (f"{last} holds the last finished epoch; continue with: cutmix-train "
-                 f"<same overrides> hydra.run.dir={out_dir} trainer.resume=auto"
+        where = (f"{last} holds the last finished epoch; continue with: <the same command> "
+                 f"hydra.run.dir={out_dir} trainer.resume=auto"
                  if last.exists() else "no epoch had finished, nothing to resume")
-        print(f"cutmix-train: interrupted; {where}", file=sys.stderr)
+        say(f"cutmix-train: interrupted; {where}")
         raise SystemExit(130) from None
-    hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode == RunMode.MULTIRUN:
         lines = [job_line(summary, out_dir, hydra_cfg.job.num)]
     else:
         lines = closing_summary(summary, out_dir)
-    print("\n".join(lines), file=sys.stderr)
+    say("\n".join(lines))
     return float(summary["best"]["val_accuracy"])
 
 
@@ -162,16 +187,30 @@ def main() -> None:
         print(version_text())
         return
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    sys.argv += rank_overrides()
+    try:
+        _main()
+    except SystemExit as exc:
+        if rank() and exc.code:
+            # torchrun stops every rank once one has failed: give rank 0, which meets the same
+            # bad input or stop request, time to say so in its one line first.
+            time.sleep(RANK_0_GRACE_SECONDS)
+        raise
+
+
+RANK_0_GRACE_SECONDS = 3.0
+
+
+def _main() -> None:
     try:
         train()
     except (HydraException, OmegaConfBaseException) as exc:
         cause = exc.__cause__ if isinstance(exc.__cause__, OmegaConfBaseException) else exc
-        print(f"cutmix-train: config error: {_one_line(cause)}", file=sys.stderr)
+        say(f"cutmix-train: config error: {_one_line(cause)}")
         sys.exit(2)
     except OSError as exc:  # e.g. an output directory that cannot be created or written
-        print(f"cutmix-train: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
-              file=sys.stderr)
+        say(f"cutmix-train: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
         sys.exit(2)
     except KeyboardInterrupt:
-        print("cutmix-train: interrupted", file=sys.stderr)
+        say("cutmix-train: interrupted")
         sys.exit(130)

@@ -325,6 +325,9 @@ class TrainerConfig:
     # none: metrics.jsonl and the example grids (examples_STAGE.png) only. tensorboard: also
     # event files in RUN_DIR/tensorboard (the optional `tensorboard` extra).
     logger: str = "none"
+    # Under torchrun: BatchNorm statistics over the global batch instead of each rank's slice
+    # (distributed.SyncedBatchNorm; one all-reduce per layer and step). No effect in one process.
+    sync_bn: bool = False
 
     def validate(self) -> None:
         _check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),

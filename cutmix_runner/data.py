@@ -219,34 +219,37 @@ def build_splits(cfg: DataConfig) -> Splits:
 # ---------------------------------------------------------------- batching
 
 
-def steps_per_epoch(n: int, batch_size: int) -> int:
-    """Batches per epoch: a last partial batch counts unless it holds a single image."""
+def steps_per_epoch(n: int, batch_size: int, parts: int = 1) -> int:
+    """Batches per epoch: a last partial batch counts unless it holds a single image, or, split
+    over `parts` ranks, would leave a rank fewer than 2 (BatchNorm cannot train on one)."""
     full, rest = divmod(n, batch_size)
-    return full + (1 if rest > 1 or (rest == 1 and full == 0) else 0)
+    return full + (1 if rest >= 2 * parts or (rest == 1 and full == 0) else 0)
 
 
 def train_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, g: torch.Generator,
-                  pad: int, hflip: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                  pad: int, hflip: bool, part: int = 0,
+                  parts: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """One epoch of shuffled, augmented uint8 batches (pad-and-crop by up to `pad`, flips).
 
     Every random number of the epoch (order, crop offsets, flips) is drawn up front from the CPU
     generator `g` and moved to the data's device once: CPU and CUDA runs augment alike, and a GPU
-    never waits on the host for a batch's draws. The last partial batch is kept unless it holds a
-    single image, which BatchNorm cannot train on.
+    never waits on the host for a batch's draws. Which last partial batch is kept: steps_per_epoch.
+    Under DDP (`parts` ranks) every rank draws the same numbers and yields slice `part` of each
+    global batch, so the ranks together see exactly the batches one process would.
     """
     n = len(x)
     order = torch.randperm(n, generator=g)
     shifts = pad - torch.randint(0, 2 * pad + 1, (2, n), generator=g)  # dy, dx in [-pad, pad]
     flips = torch.rand(n, generator=g) < 0.5
     order, shifts, flips = (t.to(x.device, non_blocking=True) for t in (order, shifts, flips))
-    for start in range(0, n, batch_size):
-        span = slice(start, start + batch_size)
-        idx = order[span]
-        if len(idx) == 1 and n > 1:
-            break  # see steps_per_epoch
-        xb = shift(x[idx], shifts[0, span], shifts[1, span], pad) if pad else x[idx]
+    for step in range(steps_per_epoch(n, batch_size, parts)):
+        span = slice(step * batch_size, (step + 1) * batch_size)
+        # Under DDP: this rank's contiguous slice of the global batch, cut before augmenting.
+        idx, dy, dx, flip = (torch.tensor_split(t, parts)[part] for t in
+                             (order[span], shifts[0, span], shifts[1, span], flips[span]))
+        xb = shift(x[idx], dy, dx, pad) if pad else x[idx]
         if hflip:
-            xb = flip_where(xb, flips[span])
+            xb = flip_where(xb, flip)
         yield xb, y[idx]
 
 

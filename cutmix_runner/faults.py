@@ -5,6 +5,8 @@ Off unless CUTMIX_RUNNER_FAULT is set, to one of:
   kill_write:NAME:N    SIGKILL during the N-th atomic write of file NAME (temp file written,
                        not yet renamed into place)
   nan_step:N           make the loss of step N non-finite
+  term_step:N          SIGTERM (a stop request) just before training step N
+CUTMIX_RUNNER_FAULT_RANK=R limits the fault to torchrun's rank R.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ _writes: Counter[str] = Counter()
 
 
 def _spec() -> list[str]:
+    rank = os.environ.get("CUTMIX_RUNNER_FAULT_RANK")
+    if rank is not None and rank != os.environ.get("RANK", "0"):
+        return []
     return os.environ.get("CUTMIX_RUNNER_FAULT", "").split(":")
 
 
@@ -27,11 +32,13 @@ def _kill() -> None:
 
 
 def at_step(kind: str, step: int) -> bool:
-    """True when the fault `kind` (kill_step, nan_step) is set for this global step."""
+    """True when the fault `kind` (kill_step, term_step, nan_step) is set for this global step."""
     spec = _spec()
     hit = len(spec) == 2 and spec[0] == kind and spec[1] == str(step)
     if hit and kind == "kill_step":
         _kill()
+    if hit and kind == "term_step":
+        os.kill(os.getpid(), signal.SIGTERM)
     return hit
 
 

@@ -23,6 +23,11 @@ def _handle(signum: int, frame: object) -> None:
     _requested = True
 
 
+def requested() -> bool:
+    """Whether a stop was requested (distributed.World.check_stop shares it among ranks)."""
+    return _requested
+
+
 def check() -> None:
     """Raise KeyboardInterrupt if a stop was requested; called where stopping loses nothing."""
     if _requested:

@@ -144,8 +144,17 @@ class TensorBoardLogger(RunLogger):
         self.writer.close()
 
 
-def build(kind: str, out_dir: Path, classes: tuple[str, ...]) -> RunLogger:
-    """`trainer.logger`: "none" (example grids only) or "tensorboard"."""
+class Silent(RunLogger):
+    """The logger of DDP ranks other than 0, which write nothing."""
+
+    def stage_examples(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+def build(kind: str, out_dir: Path, classes: tuple[str, ...], writer: bool = True) -> RunLogger:
+    """`trainer.logger`: "none" (example grids only) or "tensorboard"; Silent unless `writer`."""
+    if not writer:
+        return Silent(out_dir, classes)
     if kind == "tensorboard":
         return TensorBoardLogger(out_dir, classes)
     return RunLogger(out_dir, classes)

@@ -1,7 +1,7 @@
 """Where and how a run computes: device, precision, threads, allocator, seeds and RNG state,
 and the library versions a summary records.
 
-Later, the distributed rank and world size belong here too.
+Under torchrun, the rank and world size (distributed.World) too.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import timm
 import torch
 import torchvision
 
-from cutmix_runner import __version__
+from cutmix_runner import __version__, distributed
 from cutmix_runner.config import TrainerConfig
 from cutmix_runner.errors import RunError
 
@@ -32,6 +32,7 @@ class Runtime:
     precision: str  # training forward: "bf16" (autocast) or "fp32"
     eval_precision: str = ""  # evaluation passes; "" = as training
     frozen_precision: str = ""  # the frozen modules' forward while training; "" = as training
+    world: distributed.World = distributed.ONE_PROCESS  # this process's rank among torchrun's
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The training forward pass's precision context; a no-op in fp32."""
@@ -61,13 +62,16 @@ def setup(cfg: TrainerConfig) -> Runtime:
     if cfg.keep_freed_memory:
         keep_freed_memory()
     seed_everything(cfg.seed)
+    world = distributed.current()
     device = resolve_device(cfg.device)
+    if device.type == "cuda" and world.parallel:
+        device = torch.device("cuda", world.local_rank)  # one GPU per rank
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
     precision = resolve_precision(cfg.precision, device)
     return Runtime(device, precision,
                    resolve_forward_precision(cfg.eval_precision, precision, device),
-                   resolve_forward_precision(cfg.frozen_precision, precision, device))
+                   resolve_forward_precision(cfg.frozen_precision, precision, device), world)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -95,6 +95,12 @@ class StepTally:
         if not math.isfinite(loss):
             raise NonFiniteLoss
         return loss
+
+    def combined(self, sums: Callable[[list[float]], list[float]]) -> StepTally:
+        """The tally over every rank, `sums` adding lists across them (World.sum); one read-back."""
+        loss, images, mixed, lam = sums([float(self.loss), self.images, self.mixed_images,
+                                         self.lam])
+        return replace(self, loss=loss, images=round(images), mixed_images=mixed, lam=lam)
 
     def add(self, result: StepResult) -> None:
         self.loss = self.loss + result.loss * result.batch_size

@@ -2,8 +2,9 @@
 
 `train(cfg, out_dir)` prepares a `Run` (with build.py), trains stage by stage (each stage
 freezes, and gets a fresh optimizer, LR schedule and regularizer), writes a metrics line and a
-checkpoint after every epoch, and scores the test set once at the end. One function per phase;
-what a step, an evaluation or a checkpoint does lives in step.py, evaluation.py and checkpoint.py.
+checkpoint after every epoch, and scores the test set once at the end (summary.py). One function
+per phase; what a step, an evaluation or a checkpoint does lives in step.py, evaluation.py and
+checkpoint.py; what changes under torchrun, in distributed.py (`run.world`).
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from cutmix_runner import build, checkpoint, faults, interrupts, loggers, runtime
-from cutmix_runner.artifacts import MetricsLog, atomic_write_json
+from cutmix_runner import build, checkpoint, distributed, faults, loggers, runtime, summary
+from cutmix_runner.artifacts import MetricsLog
 from cutmix_runner.checkpoint import Progress, RunState
 from cutmix_runner.config import RunConfig, StageConfig, result_config
 from cutmix_runner.data import Splits, steps_per_epoch, train_batches
@@ -58,13 +59,19 @@ class Run:
         return self.out_dir / "checkpoints"
 
     @property
+    def world(self) -> distributed.World:
+        return self.runtime.world
+
+    @property
     def show_bars(self) -> bool:
-        return self.cfg.trainer.progress and sys.stderr.isatty()
+        return self.cfg.trainer.progress and sys.stderr.isatty() and self.world.is_writer
 
 
 def train(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
     """Build, train and test one run into `out_dir`; returns its summary. A finished run asked
-    to resume is kept as it is, so re-running an interrupted multirun skips its finished jobs."""
+    to resume is kept as it is, so re-running an interrupted multirun skips its finished jobs.
+    Under torchrun every rank trains into rank 0's `out_dir`."""
+    out_dir = distributed.current().from_writer(out_dir)
     finished = checkpoint.finished_summary(cfg, out_dir)
     return finished if finished is not None else fit(prepare(cfg, out_dir))
 
@@ -77,24 +84,28 @@ def prepare(cfg: RunConfig, out_dir: Path) -> Run:
         raise RunError(f"{out_dir} already holds a run; continue it with trainer.resume=auto "
                        "or pick a new hydra.run.dir")
     rt = runtime.setup(cfg.trainer)
-    data = build.data_splits(cfg, rt.device)
-    model, preprocess = build.model_and_preprocess(cfg, data.num_classes, rt.device)
+    data = build.data_splits(cfg, rt.device, rt.world)
+    model, preprocess = build.model_and_preprocess(cfg, data.num_classes, rt.device, rt.world)
+    if rt.world.parallel:  # the head starts alike on every rank; dropout then differs by rank
+        runtime.seed_everything(rt.world.seed(cfg.trainer.seed))
+    writer = rt.world.is_writer
     return Run(cfg, out_dir, rt, data, model,
                Evaluator(model, preprocess, cfg.trainer, rt.eval_autocast),
                build.clean_train_subset(data, cfg),
                torch.Generator().manual_seed(cfg.trainer.seed), started,
-               MetricsLog(out_dir / "metrics.jsonl"),
-               loggers.build(cfg.trainer.logger, out_dir, data.classes))
+               MetricsLog(out_dir / "metrics.jsonl", writes=writer),
+               loggers.build(cfg.trainer.logger, out_dir, data.classes, writer))
 
 
 def fit(run: Run) -> dict[str, Any]:
     train_stages(run)
-    return finish(run)
+    return run.world.from_writer(summary.finish(run) if run.world.is_writer else None)
 
 
 def train_stages(run: Run) -> None:
     """Every stage, from the checkpoint `trainer.resume` names if any; no test set."""
-    run.out_dir.mkdir(parents=True, exist_ok=True)
+    if run.world.is_writer:
+        run.out_dir.mkdir(parents=True, exist_ok=True)
     log.info("device %s (%s), image size %d, %d train / %d val / %d test images",
              run.runtime.device, run.runtime.precision, run.evaluator.preprocess.image_size,
              len(run.data.train_x), len(run.data.val_x), len(run.data.test_x))
@@ -118,6 +129,7 @@ def run_stage(run: Run, index: int, name: str, stage: StageConfig,
     """Train one stage; `resume` is a checkpoint taken inside this stage."""
     plan, step = build.stage_step(run.model, run.cfg, index, stage, run.data,
                                   run.evaluator.preprocess, run.runtime)
+    step.model = run.world.wrap(run.model)  # DDP over this stage's trainable parameters
     stage_end = StageEnd(stage)
     first_epoch, seconds = 0, 0.0
     if resume is not None:
@@ -136,8 +148,8 @@ def run_stage(run: Run, index: int, name: str, stage: StageConfig,
         start_time = time.perf_counter()
         set_epoch_values(step.regularizer, stage.regularizer, epoch, stage.epochs)
         record = {"stage_index": index, **train_epoch(run, name, stage, epoch, plan, step)}
-        ended_by = stage_end.after_epoch(epoch, record["val_accuracy"],
-                                         record["generalization_gap"])
+        ended_by = run.world.from_writer(  # rank 0 decides; every rank follows
+            stage_end.after_epoch(epoch, record["val_accuracy"], record["generalization_gap"]))
         if ended_by is not None:
             record["stage_end"] = ended_by
         seconds += time.perf_counter() - start_time
@@ -147,17 +159,20 @@ def run_stage(run: Run, index: int, name: str, stage: StageConfig,
         if ended_by is not None:
             progress.finished_stages.append({"name": name, "epochs": epoch + 1,
                                              "ended_by": ended_by, "seconds": round(seconds, 2)})
+        rng = {**runtime.global_rng_state(), "data": run.data_order.get_state(),
+               "regularizer": step.regularizer.rng_state()}
+        ranks = run.world.gather(rng)  # under DDP the checkpoint keeps every rank's generators
         state = RunState(
             model=run.model.state_dict(), config=result_config(run.cfg),
             precision=run.runtime.precision, **progress.state_fields(),
-            rng={**runtime.global_rng_state(), "data": run.data_order.get_state(),
-                 "regularizer": step.regularizer.rng_state()},
+            rng=rng if len(ranks) == 1 else {**rng, "ranks": ranks},
             stage_index=index, stage=name, epoch=epoch + 1, stage_end=ended_by,
             stage_seconds=seconds, val_accuracy=record["val_accuracy"],
             optimizer=step.optimizer.state_dict(), scheduler=step.scheduler.state_dict(),
             plateau=stage_end.state())
         is_best = progress.note_best(state)  # before saving: both files record the new best
-        checkpoint.save(state, run.ckpt_dir, is_best)
+        if run.world.is_writer:
+            checkpoint.save(state, run.ckpt_dir, is_best)
         if ended_by is not None:
             log.info("stage '%s' ended by %s after %d epochs", name, ended_by, epoch + 1)
             return
@@ -165,29 +180,33 @@ def run_stage(run: Run, index: int, name: str, stage: StageConfig,
 
 def train_epoch(run: Run, name: str, stage: StageConfig, epoch: int, plan: FreezePlan,
                 step: TrainStep) -> dict[str, Any]:
-    """Train one epoch, then evaluate; returns the epoch's metrics record."""
-    cfg = run.cfg
+    """Train one epoch, then evaluate (rank 0 alone under DDP); returns the epoch's metrics
+    record, rank 0's on every rank."""
+    cfg, world = run.cfg, run.world
     set_train_mode(run.model, plan)
     lr_start = {g["name"]: g["lr"] for g in step.optimizer.param_groups}
     batches = train_batches(run.data.train_x, run.data.train_y, cfg.trainer.batch_size,
-                            run.data_order, cfg.data.pad, cfg.data.hflip)
-    bar = tqdm(batches, total=steps_per_epoch(len(run.data.train_x), cfg.trainer.batch_size),
-               leave=False, disable=not run.show_bars, desc=f"{name} {epoch + 1}/{stage.epochs}")
+                            run.data_order, cfg.data.pad, cfg.data.hflip, world.rank, world.size)
+    steps = steps_per_epoch(len(run.data.train_x), cfg.trainer.batch_size, world.size)
+    bar = tqdm(batches, total=steps, leave=False, disable=not run.show_bars,
+               desc=f"{name} {epoch + 1}/{stage.epochs}")
     start = time.perf_counter()
     tally = train_steps(run, step, bar, where=f"stage '{name}', epoch {epoch + 1}")
-    tally.mean_loss()  # waits for the device, so that the time below is the true one
+    tally = tally.combined(world.sum)  # reads the loss back: the time below is the true one
     train_seconds = time.perf_counter() - start
-    lr_end = {g["name"]: g["lr"] for g in step.optimizer.param_groups}
-    evaluation = run.evaluator.epoch(run.data, *run.clean_train)
-    run.last_val_logits = evaluation.val.logits
     run.progress.global_epoch += 1
     record = {
         "stage": name, "epoch": epoch + 1, "global_epoch": run.progress.global_epoch,
-        "lr_start": lr_start, "lr_end": lr_end, **tally.record(train_seconds),
-        **evaluation.record(), "regularizer": stage.regularizer.name,
+        "lr_start": lr_start, "lr_end": {g["name"]: g["lr"] for g in step.optimizer.param_groups},
+        **tally.record(train_seconds), "regularizer": stage.regularizer.name,
         "reg_prob": step.regularizer.prob, "reg_min_area": step.regularizer.min_area,
-        "reg_max_area": step.regularizer.max_area, "seconds": time.perf_counter() - start,
+        "reg_max_area": step.regularizer.max_area,
     }
+    if world.is_writer:
+        evaluation = run.evaluator.epoch(run.data, *run.clean_train)
+        run.last_val_logits = evaluation.val.logits
+        record.update(evaluation.record())
+    record = world.from_writer({**record, "seconds": time.perf_counter() - start})
     log.info("%s epoch %d: train loss %.4f, clean-train acc %.4f, val acc %.4f, %.0f img/s",
              name, epoch + 1, record["train_loss"], record["clean_train_accuracy"],
              record["val_accuracy"], record["images_per_second"])
@@ -201,6 +220,7 @@ def train_steps(run: Run, step: TrainStep, batches: tqdm, where: str) -> StepTal
     for i, (xb, yb) in enumerate(batches):
         run.progress.global_step += 1
         faults.at_step("kill_step", run.progress.global_step)
+        faults.at_step("term_step", run.progress.global_step)
         try:
             result = train_step(step, xb, yb,
                                 functools.partial(faults.poison, step=run.progress.global_step))
@@ -210,40 +230,9 @@ def train_steps(run: Run, step: TrainStep, batches: tqdm, where: str) -> StepTal
             at = f"step {i + 1}" if sync_every == 1 else f"by step {i + 1}"
             raise RunError(f"non-finite loss in {where}, {at}; lower the learning rates. "
                            f"{run.ckpt_dir / checkpoint.LAST} holds the last good epoch") from None
-        interrupts.check()  # abandons the rest of the epoch; last.pt holds the previous one
+        run.world.check_stop()  # abandons the rest of the epoch; last.pt holds the previous one
         if loss is not None:  # the device has synced: this step's own loss costs nothing
             run.logger.step(run.progress.global_step, float(result.loss), step.optimizer)
         if loss is not None and (i + 1) % (sync_every * max(1, 20 // sync_every)) == 0:
             batches.set_postfix(loss=f"{loss:.3f}")
     return tally
-
-
-def finish(run: Run) -> dict[str, Any]:
-    """Score the test set once, with the best-validation weights, and write summary.json."""
-    data, evaluator, best_epoch = run.data, run.evaluator, run.progress.best
-    final = evaluator.test(data)
-    best, val_logits = final, run.last_val_logits
-    if best_epoch["global_epoch"] != run.progress.global_epoch:
-        run.model.load_state_dict(checkpoint.load(run.ckpt_dir / checkpoint.BEST).model)
-        best = evaluator.test(data)
-        val_logits = evaluator.evaluate(data.val_x, data.val_y).logits
-    elif len(val_logits) == 0:  # resumed after the last epoch: not kept in the checkpoint
-        val_logits = evaluator.evaluate(data.val_x, data.val_y).logits
-    summary = {
-        **evaluator.test_summary(data, best, final, val_logits),
-        "best": best_epoch, "stages": run.progress.finished_stages,
-        "train_size": len(data.train_x), "val_size": len(data.val_x),
-        "test_size": len(data.test_x), "image_size": evaluator.preprocess.image_size,
-        "device": str(run.runtime.device), "device_name": run.runtime.device_name,
-        "precision": run.runtime.precision, **run.runtime.forward_only_precisions(),
-        "threads": torch.get_num_threads(),
-        "total_seconds": round(time.perf_counter() - run.started, 2),
-        "versions": runtime.versions(),
-    }
-    atomic_write_json(run.out_dir / "summary.json", summary)
-    run.logger.finish(result_config(run.cfg), summary)
-    log.info("test accuracy %.4f %s (single view %.4f; best-val checkpoint, %s epoch %d), "
-             "final weights %.4f", summary["test_accuracy"], summary["test_protocol"],
-             summary["test_accuracy_single_view"], best_epoch["stage"], best_epoch["epoch"],
-             summary["final_test_accuracy"])
-    return summary

@@ -33,7 +33,7 @@ EXACT = {"stage", "stage_index", "epoch", "global_epoch", "stage_end", "regulari
          "reg_min_area", "reg_max_area", "mixed_fraction", "mean_lambda", "lr_start", "lr_end",
          "stages", "name", "epochs", "ended_by", "train_size", "val_size", "test_size",
          "image_size", "test_protocol", "device", "precision", "eval_precision",
-         "frozen_precision"}
+         "frozen_precision", "processes"}
 # (relative, absolute) tolerance by key, validation keys without their "val_" prefix; keys not
 # listed here or above use DEFAULT.
 ACCURACY, PER_CLASS, CALIBRATION, CONFIDENCE = (0.0, 0.05), (0.0, 0.2), (0.0, 0.1), (0.0, 0.05)

@@ -13,6 +13,7 @@ from cutmix_runner.data import (
     DataError,
     build_splits,
     load_cifar10,
+    steps_per_epoch,
     stratified_split,
     train_batches,
 )
@@ -137,6 +138,26 @@ def test_train_batches_cover_the_epoch_once() -> None:
     y = torch.arange(10)
     seen = torch.cat([yb for _, yb in train_batches(x, y, 4, torch.Generator(), 0, False)])
     assert sorted(seen.tolist()) == list(range(10))
+
+
+def test_rank_slices_of_each_global_batch_are_the_one_process_batch() -> None:
+    """Under DDP every rank draws the same order and augmentation and keeps its own slice."""
+    x = torch.randint(0, 256, (22, 3, 8, 8), dtype=torch.uint8)
+    y = torch.arange(22)
+    whole = list(train_batches(x, y, 8, torch.Generator().manual_seed(5), 2, True))
+    parts = [list(train_batches(x, y, 8, torch.Generator().manual_seed(5), 2, True, rank, 2))
+             for rank in range(2)]
+    # 22 = 8 + 8 + 6: the last batch (3 images per rank) is kept.
+    assert len(whole) == len(parts[0]) == len(parts[1]) == steps_per_epoch(22, 8, 2) == 3
+    for (xb, yb), (x0, y0), (x1, y1) in zip(whole, *parts, strict=True):
+        assert torch.equal(torch.cat([x0, x1]), xb) and torch.equal(torch.cat([y0, y1]), yb)
+        assert len(y0) == len(y1)
+
+
+def test_a_last_batch_too_small_to_split_is_dropped() -> None:
+    assert steps_per_epoch(19, 8) == 3  # 3 left over: kept in one process
+    assert steps_per_epoch(19, 8, parts=2) == 2  # 1 or 2 images per rank: dropped
+    assert steps_per_epoch(17, 8) == 2  # one image left over: dropped, as before
 
 
 @pytest.mark.skipif(not SHARED_CIFAR.exists(), reason="shared CIFAR-10 copy not present")

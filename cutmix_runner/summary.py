@@ -1,0 +1,50 @@
+"""The run's last phase: the test set scored once, with the best-validation weights, and
+summary.json (rank 0 alone under DDP)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from cutmix_runner import checkpoint, runtime
+from cutmix_runner.artifacts import atomic_write_json
+from cutmix_runner.config import result_config
+
+if TYPE_CHECKING:
+    from cutmix_runner.trainer import Run
+
+log = logging.getLogger(__name__)
+
+
+def finish(run: Run) -> dict[str, Any]:
+    """Score the test set once, with the best-validation weights, and write summary.json."""
+    data, evaluator, best_epoch = run.data, run.evaluator, run.progress.best
+    final = evaluator.test(data)
+    best, val_logits = final, run.last_val_logits
+    if best_epoch["global_epoch"] != run.progress.global_epoch:
+        run.model.load_state_dict(checkpoint.load(run.ckpt_dir / checkpoint.BEST).model)
+        best = evaluator.test(data)
+        val_logits = evaluator.evaluate(data.val_x, data.val_y).logits
+    elif len(val_logits) == 0:  # resumed after the last epoch: not kept in the checkpoint
+        val_logits = evaluator.evaluate(data.val_x, data.val_y).logits
+    summary = {
+        **evaluator.test_summary(data, best, final, val_logits),
+        "best": best_epoch, "stages": run.progress.finished_stages,
+        "train_size": len(data.train_x), "val_size": len(data.val_x),
+        "test_size": len(data.test_x), "image_size": evaluator.preprocess.image_size,
+        "device": str(run.runtime.device), "device_name": run.runtime.device_name,
+        "precision": run.runtime.precision, **run.runtime.forward_only_precisions(),
+        "threads": torch.get_num_threads(), "processes": run.runtime.world.size,
+        "total_seconds": round(time.perf_counter() - run.started, 2),
+        "versions": runtime.versions(),
+    }
+    atomic_write_json(run.out_dir / "summary.json", summary)
+    run.logger.finish(result_config(run.cfg), summary)
+    log.info("test accuracy %.4f %s (single view %.4f; best-val checkpoint, %s epoch %d), "
+             "final weights %.4f", summary["test_accuracy"], summary["test_protocol"],
+             summary["test_accuracy_single_view"], best_epoch["stage"], best_epoch["epoch"],
+             summary["final_test_accuracy"])
+    return summary

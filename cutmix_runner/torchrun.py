@@ -1,0 +1,69 @@
+"""`cutmix-torchrun`: torchrun itself (torch.distributed.run) running `-m cutmix_runner`, so
+that a bad input stays one line.
+
+    cutmix-torchrun --nproc_per_node=2 data.root=../shared/data/cifar10 trainer.sync_bn=true
+
+is `torchrun --nproc_per_node=2 -m cutmix_runner data.root=... trainer.sync_bn=true`. Leading
+`--options` are torchrun's; the rest are cutmix-train's overrides. Plain torchrun works too, but
+when a rank exits non-zero it adds its own report and traceback below our one line; here a
+rank's exit status 2 (bad input, already said in one line by rank 0) or 130 (a stop request,
+which every rank obeys after the same step) is passed on without it, and any other failure gets
+one line naming the rank and its exit status.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+
+
+def split(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(torchrun's options, cutmix-train's overrides). An option given as `--name value` takes
+    the next word as its value: overrides always hold "=" or start with "~" or "+"."""
+    options: list[str] = []
+    rest = list(argv)
+    while rest and rest[0].startswith("--"):
+        option = rest.pop(0)
+        options.append(option)
+        if "=" not in option and rest and not rest[0].startswith(("-", "~", "+")) \
+                and "=" not in rest[0]:
+            options.append(rest.pop(0))
+    return options, rest
+
+
+def main() -> None:
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    options, overrides = split(sys.argv[1:])
+    if "-m" in overrides or "--multirun" in overrides:
+        print("cutmix-torchrun: error: torchrun trains one run: drop -m, or sweep with "
+              "LAUNCHER=submitit_local", file=sys.stderr)
+        sys.exit(2)
+    args = get_args_parser().parse_args([*options, "-m", "cutmix_runner", *overrides])
+    # torchrun logs each failed rank at ERROR with a traceback (the ranks say why themselves),
+    # and a note that it set OMP_NUM_THREADS=1 per rank (what a 2-core box wants anyway).
+    for name in list(logging.root.manager.loggerDict):  # each sets its own level: one by one
+        if name.startswith("torch.distributed"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+    try:
+        run(args)
+    except ChildFailedError as exc:
+        # Every rank meets the same bad input (2) or stop request (130); once the first has
+        # exited, torchrun stops the others with SIGTERM.
+        codes = {failure.exitcode for failure in exc.failures.values()}
+        for said in (2, 130):
+            if said in codes and codes <= {said, -signal.SIGTERM}:
+                sys.exit(said)
+        rank, failure = min(exc.failures.items())
+        how = (f"was killed by signal {-failure.exitcode}" if failure.exitcode < 0
+               else f"exited with status {failure.exitcode}; its own lines above say why")
+        print(f"cutmix-torchrun: error: rank {rank} {how}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""DDP under torchrun, on CPU (gloo) and synthetic data, through `cutmix-torchrun` (torchrun's
+own launcher, torch.distributed.run) exactly as a user would start it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.helpers import run_cli
+
+# The smoke run: 200 synthetic images, global batch 32 (16 per rank) -> 7 steps per epoch;
+# stages head (2 epochs), adapt (1), late (1); CutMix in adapt and late.
+SMOKE = ("experiment=smoke", "trainer.progress=false", "trainer.num_threads=1")
+# CutMix off everywhere and plain SGD: AdamW divides each gradient by its own running size, so
+# the last-bit differences between one all-reduced and one local gradient are amplified on the
+# parameters whose gradients are nearly zero; SGD keeps them at rounding level.
+NO_MIX = ("schedule.stages.adapt.regularizer.name=none",
+          "schedule.stages.late.regularizer.name=none", "optim=sgd")
+TIMING = {"images_per_second", "seconds", "first_step_seconds"}
+# Measured: train losses agree to 1e-7 relative, weights to 3e-6 (float32 sums in another order).
+LOSS_RTOL, WEIGHT_ATOL = 1e-5, 1e-4
+
+
+def torchrun(cwd: Path, *args: str, fault: str | None = None,
+             fault_rank: int | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    if fault:
+        env["CUTMIX_RUNNER_FAULT"] = fault
+    if fault_rank is not None:
+        env["CUTMIX_RUNNER_FAULT_RANK"] = str(fault_rank)
+    cwd.mkdir(parents=True, exist_ok=True)
+    return subprocess.run([sys.executable, "-m", "cutmix_runner.torchrun", "--nproc_per_node=2",
+                           *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300, stdin=subprocess.DEVNULL)
+
+
+def _metrics(run: Path) -> list[dict]:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(x).items() if k not in TIMING} for x in lines]
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run / "checkpoints" / "last.pt", weights_only=False)["model"]
+
+
+def _files(run: Path) -> list[str]:
+    return sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.name != "cli.log")
+
+
+@pytest.fixture(scope="module")
+def synced(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-process run with synchronised BatchNorm and no mixing, started in an empty folder."""
+    cwd = tmp_path_factory.mktemp("ddp-synced")
+    result = torchrun(cwd, *SMOKE, *NO_MIX, "trainer.sync_bn=true", "hydra.run.dir=run")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count("cutmix-train: finished") == 1  # rank 0 alone prints
+    return cwd
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same run in one process, on the same global batch."""
+    run = tmp_path_factory.mktemp("single") / "run"
+    result = run_cli(*SMOKE, *NO_MIX, f"hydra.run.dir={run}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-process smoke run with CutMix, each rank mixing within its own slice."""
+    run = tmp_path_factory.mktemp("ddp-full") / "run"
+    result = torchrun(run.parent, *SMOKE, f"hydra.run.dir={run}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run
+
+
+def test_only_rank_0_writes_and_each_epoch_is_logged_once(synced: Path, single: Path) -> None:
+    # Rank 1 was given no run directory of its own: the folder holds rank 0's run and nothing
+    # else, with the same files as a one-process run.
+    assert sorted(p.name for p in synced.iterdir()) == ["run"]
+    run = synced / "run"
+    assert _files(run) == _files(single)
+    assert [r["global_epoch"] for r in _metrics(run)] == [1, 2, 3, 4]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["train_size"] == 200
+
+
+def test_synced_batchnorm_matches_one_process_on_the_global_batch(synced: Path,
+                                                                  single: Path) -> None:
+    ours, theirs = _metrics(synced / "run"), _metrics(single)
+    assert len(ours) == len(theirs) == 4
+    for a, b in zip(ours, theirs, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=LOSS_RTOL)
+    weights, reference = _weights(synced / "run"), _weights(single)
+    assert weights.keys() == reference.keys()
+    for key in weights:
+        difference = (weights[key].double() - reference[key].double()).abs().max().item()
+        assert difference < WEIGHT_ATOL, (key, difference)
+
+
+def test_killed_two_process_run_resumes_to_the_same_result(uninterrupted: Path,
+                                                           tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    killed = torchrun(tmp_path, *SMOKE, f"hydra.run.dir={run}", fault="kill_step:11")
+    assert killed.returncode != 0
+    assert "was killed by signal 9" in killed.stderr
+    resumed = torchrun(tmp_path, *SMOKE, f"hydra.run.dir={run}", "trainer.resume=auto")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _metrics(run) == _metrics(uninterrupted)
+    ours, theirs = _weights(run), _weights(uninterrupted)
+    for key in ours:
+        assert torch.equal(ours[key], theirs[key]), key
+
+
+def test_sigterm_on_one_rank_stops_every_rank_after_the_same_step(uninterrupted: Path,
+                                                                  tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    stopped = torchrun(tmp_path, *SMOKE, f"hydra.run.dir={run}", fault="term_step:11",
+                       fault_rank=1)
+    assert stopped.returncode == 130, stopped.stderr[-3000:]
+    lines = [ln for ln in stopped.stderr.splitlines() if "cutmix" in ln]
+    assert len(lines) == 1 and "interrupted" in lines[0] and "trainer.resume=auto" in lines[0]
+    assert [r["global_epoch"] for r in _metrics(run)] == [1]  # step 11 lies in epoch 2
+    resumed = torchrun(tmp_path, *SMOKE, f"hydra.run.dir={run}", "trainer.resume=auto")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _metrics(run) == _metrics(uninterrupted)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("trainer.batch_size=33", "trainer.batch_size=33 does not split evenly over 2 processes"),
+    ("trainer.batchsize=32", "Key 'batchsize' not in 'TrainerConfig'"),
+])
+def test_bad_input_under_torchrun_is_one_line(override: str, message: str,
+                                              tmp_path: Path) -> None:
+    result = torchrun(tmp_path, *SMOKE, override, "hydra.run.dir=run")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr[-3000:]
