@@ -87,4 +87,5 @@ def stage_step(model: nn.Module, cfg: RunConfig, index: int, stage: StageConfig,
                                     seed=runtime.world.seed(cfg.trainer.seed * 1000 + index))
     return plan, TrainStep(model, optimizer, scheduler, regularizer, preprocess,
                            runtime.autocast, stage.regularizer.label_smoothing,
-                           cfg.optim.grad_clip, check_finite=cfg.trainer.sync_every == 1)
+                           cfg.optim.grad_clip, check_finite=cfg.trainer.sync_every == 1,
+                           all_agree=runtime.world.all_agree)

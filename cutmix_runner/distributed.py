@@ -75,15 +75,18 @@ class World:
         dist.all_reduce(total)
         return total.tolist()
 
+    def all_agree(self, holds: bool) -> bool:
+        """Whether `holds` on every rank (a one-number all-reduce on the CPU)."""
+        if not self.parallel:
+            return holds
+        flag = torch.tensor([float(holds)])
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
+
     def check_stop(self) -> None:
         """KeyboardInterrupt on every rank once any rank was asked to stop; called after each
         step, so all ranks stop after the same one (a one-number all-reduce on the CPU)."""
-        requested = interrupts.requested()
-        if self.parallel:
-            flag = torch.tensor([float(requested)])
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            requested = bool(flag.item())
-        if requested:
+        if not self.all_agree(not interrupts.requested()):
             raise KeyboardInterrupt
 
     def wrap(self, model: nn.Module) -> nn.Module:

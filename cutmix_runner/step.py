@@ -46,6 +46,9 @@ class TrainStep:
     # Check each loss before its update (a host sync per step: free on CPU, costly on CUDA).
     # Off, the loop checks the summed loss at each read-back instead (trainer.sync_every).
     check_finite: bool = True
+    # Whether every process agrees that a check holds: under DDP a NaN on one rank must stop all
+    # of them (World.all_agree), or the others would wait for it in the gradient all-reduce.
+    all_agree: Callable[[bool], bool] = bool
 
 
 def train_step(step: TrainStep, images: torch.Tensor, labels: torch.Tensor,
@@ -58,7 +61,7 @@ def train_step(step: TrainStep, images: torch.Tensor, labels: torch.Tensor,
     loss = soft_target_cross_entropy(logits, smooth(mix.targets, step.label_smoothing))
     if loss_hook is not None:
         loss = loss_hook(loss)
-    if step.check_finite and not torch.isfinite(loss):
+    if step.check_finite and not step.all_agree(bool(torch.isfinite(loss))):
         raise NonFiniteLoss
     step.optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -83,7 +86,8 @@ class StepTally:
     # algorithm search and the optimizer's state allocation show up.
     first_step_seconds: float = 0.0
 
-    def read_back(self, step_index: int, every: int) -> float | None:
+    def read_back(self, step_index: int, every: int,
+                  all_agree: Callable[[bool], bool] = bool) -> float | None:
         """After 0-based step `step_index`: every `every` steps, the mean loss so far (one host
         sync), or NonFiniteLoss once it is NaN or infinite; else None. Times the first step."""
         if step_index == 0:
@@ -92,7 +96,7 @@ class StepTally:
         if (step_index + 1) % every:
             return None
         loss = self.mean_loss()
-        if not math.isfinite(loss):
+        if not all_agree(math.isfinite(loss)):
             raise NonFiniteLoss
         return loss
 

@@ -225,7 +225,7 @@ def train_steps(run: Run, step: TrainStep, batches: tqdm, where: str) -> StepTal
             result = train_step(step, xb, yb,
                                 functools.partial(faults.poison, step=run.progress.global_step))
             tally.add(result)
-            loss = tally.read_back(i, sync_every)
+            loss = tally.read_back(i, sync_every, run.world.all_agree)
         except NonFiniteLoss:
             at = f"step {i + 1}" if sync_every == 1 else f"by step {i + 1}"
             raise RunError(f"non-finite loss in {where}, {at}; lower the learning rates. "

@@ -134,6 +134,18 @@ def test_sigterm_on_one_rank_stops_every_rank_after_the_same_step(uninterrupted:
     assert _metrics(run) == _metrics(uninterrupted)
 
 
+def test_a_non_finite_loss_on_one_rank_stops_every_rank(tmp_path: Path) -> None:
+    """Rank 1 alone meets a NaN: both stop before the update, with rank 0's one line."""
+    run = tmp_path / "run"
+    result = torchrun(tmp_path, *SMOKE, f"hydra.run.dir={run}", fault="nan_step:9",
+                      fault_rank=1)
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = [ln for ln in result.stderr.splitlines() if "cutmix" in ln]
+    assert len(lines) == 1
+    assert "non-finite loss in stage 'head', epoch 2, step 2" in lines[0]
+    assert [r["global_epoch"] for r in _metrics(run)] == [1]
+
+
 @pytest.mark.parametrize("override, message", [
     ("trainer.batch_size=33", "trainer.batch_size=33 does not split evenly over 2 processes"),
     ("trainer.batchsize=32", "Key 'batchsize' not in 'TrainerConfig'"),
