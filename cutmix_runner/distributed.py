@@ -26,7 +26,6 @@ from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_nn
 from torch import nn
 
 from cutmix_runner import interrupts
@@ -174,7 +173,7 @@ class SyncedBatchNorm(nn.BatchNorm2d):
         centred = x.float() - shift
         local = torch.cat([centred.sum((0, 2, 3)), centred.square().sum((0, 2, 3)),
                            centred.new_full((1,), x.numel() / channels)])
-        total = dist_nn.all_reduce(local)
+        total = _SumOverRanks.apply(local)
         count = total[-1].detach()
         offset = total[:channels] / count
         var = total[channels:2 * channels] / count - offset.square()
@@ -199,6 +198,23 @@ class SyncedBatchNorm(nn.BatchNorm2d):
         with torch.no_grad():
             self.running_mean.lerp_(mean, factor)
             self.running_var.lerp_(unbiased, factor)
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """The sum over ranks, differentiable: the gradient of a sum over ranks is the sum over ranks
+    of the gradients (each rank's loss depends on every rank's statistics)."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor) -> torch.Tensor:
+        total = tensor.clone()
+        dist.all_reduce(total)
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        total = grad.clone()
+        dist.all_reduce(total)
+        return total
 
 
 def synced(model: nn.Module) -> nn.Module:

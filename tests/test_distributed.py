@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -52,6 +53,63 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
 
 def _files(run: Path) -> list[str]:
     return sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.name != "cli.log")
+
+
+def _batchnorm_worker(rank: int, port: int, results: Any) -> None:
+    """One rank of test_synced_batchnorm_is_batchnorm_on_the_global_batch."""
+    import copy
+
+    import torch.distributed as dist
+    from timm.layers import BatchNormAct2d
+
+    from cutmix_runner.distributed import synced
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=2)
+    try:
+        torch.manual_seed(0)
+        bn = BatchNormAct2d(8, momentum=0.01, eps=1e-3)  # timm's, with its ReLU
+        with torch.no_grad():
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-1, 1)
+            bn.running_mean.uniform_(-1, 1)
+        x = (torch.randn(16, 8, 5, 5) * 3 + 2).requires_grad_()
+        whole = copy.deepcopy(bn)
+        reference = whole(x)  # one process, the global batch of 16
+        reference.square().mean().backward()
+        part = x.detach()[rank * 8:(rank + 1) * 8].requires_grad_()
+        out = synced(bn)(part)
+        out.square().mean().backward()
+        weight_grad = bn.weight.grad.clone()
+        dist.all_reduce(weight_grad)  # what DDP does, before dividing by the 2 ranks
+        results.put((rank, {
+            "out": (out - reference[rank * 8:(rank + 1) * 8]).abs().max().item(),
+            "running_mean": (bn.running_mean - whole.running_mean).abs().max().item(),
+            "running_var": (bn.running_var - whole.running_var).abs().max().item(),
+            "weight_grad": (weight_grad / 2 - whole.weight.grad).abs().max().item(),
+            "input_grad": (part.grad / 2 - x.grad[rank * 8:(rank + 1) * 8]).abs().max().item(),
+        }))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_synced_batchnorm_is_batchnorm_on_the_global_batch() -> None:
+    """Two ranks of 8 images each: the outputs, running statistics and (DDP-averaged) gradients
+    of one process on all 16, up to float32 rounding."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    context = mp.get_context("spawn")
+    results = context.SimpleQueue()
+    mp.start_processes(_batchnorm_worker, args=(port, results), nprocs=2, start_method="spawn")
+    for _ in range(2):
+        rank, errors = results.get()
+        for name, error in errors.items():
+            assert error < 1e-5, (rank, name, error)
 
 
 @pytest.fixture(scope="module")
