@@ -30,9 +30,11 @@ from cutmix_runner.transforms import Preprocess
 
 
 def data_splits(cfg: RunConfig, device: torch.device, world: World = ONE_PROCESS) -> Splits:
-    if cfg.trainer.batch_size % world.size:  # unequal slices would weight images unequally
+    # Unequal slices would weight images unequally; BatchNorm needs 2 images per rank.
+    if cfg.trainer.batch_size % world.size or cfg.trainer.batch_size < 2 * world.size:
         raise RunError(f"trainer.batch_size={cfg.trainer.batch_size} does not split evenly over "
-                       f"{world.size} processes; use a multiple of {world.size}")
+                       f"{world.size} processes, at least 2 images each; use a multiple of "
+                       f"{world.size} of at least {2 * world.size}")
     data = build_splits(cfg.data).to(device)
     if cfg.trainer.batch_size > len(data.train_x):
         raise RunError(f"trainer.batch_size={cfg.trainer.batch_size} is larger than the "
@@ -81,7 +83,7 @@ def stage_step(model: nn.Module, cfg: RunConfig, index: int, stage: StageConfig,
     apply_freeze(model, plan)
     compute_frozen_in_bf16(model, plan, runtime.device.type, runtime.frozen_precision == "bf16")
     optimizer = build_optimizer(model, plan, stage, cfg.optim, cfg.trainer.batch_size)
-    steps = steps_per_epoch(len(data.train_x), cfg.trainer.batch_size)
+    steps = steps_per_epoch(len(data.train_x), cfg.trainer.batch_size, runtime.world.size)
     scheduler = build_scheduler(optimizer, stage, steps, cfg.optim.min_lr_ratio)
     regularizer = build_regularizer(stage.regularizer, data.num_classes,
                                     seed=runtime.world.seed(cfg.trainer.seed * 1000 + index))

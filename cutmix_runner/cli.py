@@ -38,20 +38,37 @@ def fail(message: str) -> NoReturn:
     Raised as SystemExit inside the job, so Hydra neither logs the job as crashed nor prints a
     traceback. Under torchrun every rank meets the same bad input; rank 0 alone says so.
     """
-    say(f"cutmix-train: error: {message}")
+    complain(f"cutmix-train: error: {message}")
     raise SystemExit(2)
 
 
 def rank() -> int:
-    """This process's rank under torchrun (0 outside it); read from the environment, so that
-    `cutmix-train --help` does not load torch."""
-    return int(os.environ.get("RANK", "0"))
+    """This process's rank under torchrun (0 outside it); read from the environment, as
+    distributed.launched does, so that `cutmix-train --help` does not load torch."""
+    return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
 
 
 def say(text: str) -> None:
     """Print to stderr on rank 0 only: N ranks do not repeat each line."""
     if rank() == 0:
         print(text, file=sys.stderr)
+
+
+RANK_0_GRACE_SECONDS = 3.0
+
+
+def complain(text: str, shared: bool = False) -> None:
+    """The line a failing run ends with. Under torchrun every rank usually meets the same bad
+    input, and torchrun stops the others once one has exited: rank 0 says it at once; another
+    rank waits, and speaks (naming itself) only if it is still there, i.e. if the error was its
+    own. A `shared` event (a stop request, which every rank obeys after the same step) is said by
+    rank 0 alone; the others only wait."""
+    if rank() == 0:
+        print(text, file=sys.stderr)
+        return
+    time.sleep(RANK_0_GRACE_SECONDS)
+    if not shared:
+        print(f"[rank {rank()}] {text}", file=sys.stderr)
 
 
 def rank_overrides() -> list[str]:
@@ -83,8 +100,10 @@ def train(cfg: DictConfig) -> float:
         where = (f"{last} holds the last finished epoch; continue with: <the same command> "
                  f"hydra.run.dir={out_dir} trainer.resume=auto"
                  if last.exists() else "no epoch had finished, nothing to resume")
-        say(f"cutmix-train: interrupted; {where}")
+        complain(f"cutmix-train: interrupted; {where}", shared=True)
         raise SystemExit(130) from None
+    if rank() != 0:  # rank 0 alone tests the model, and speaks
+        return float(summary["best"]["val_accuracy"])
     if hydra_cfg.mode == RunMode.MULTIRUN:
         lines = [job_line(summary, out_dir, hydra_cfg.job.num)]
     else:
@@ -189,28 +208,14 @@ def main() -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     sys.argv += rank_overrides()
     try:
-        _main()
-    except SystemExit as exc:
-        if rank() and exc.code:
-            # torchrun stops every rank once one has failed: give rank 0, which meets the same
-            # bad input or stop request, time to say so in its one line first.
-            time.sleep(RANK_0_GRACE_SECONDS)
-        raise
-
-
-RANK_0_GRACE_SECONDS = 3.0
-
-
-def _main() -> None:
-    try:
         train()
     except (HydraException, OmegaConfBaseException) as exc:
         cause = exc.__cause__ if isinstance(exc.__cause__, OmegaConfBaseException) else exc
-        say(f"cutmix-train: config error: {_one_line(cause)}")
+        complain(f"cutmix-train: config error: {_one_line(cause)}")
         sys.exit(2)
     except OSError as exc:  # e.g. an output directory that cannot be created or written
-        say(f"cutmix-train: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
+        complain(f"cutmix-train: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
         sys.exit(2)
     except KeyboardInterrupt:
-        say("cutmix-train: interrupted")
+        complain("cutmix-train: interrupted", shared=True)
         sys.exit(130)

@@ -58,6 +58,27 @@ class World:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    @contextlib.contextmanager
+    def writer_first(self) -> Iterator[None]:
+        """Run the block on rank 0 first, then on the others (which wait for rank 0 to finish
+        it): a download or a cache is made once, by the one writer. When the block fails on
+        rank 0, the others raise its error too instead of running the block."""
+        if not self.parallel:
+            yield
+            return
+        if not self.is_writer:
+            error = self.from_writer(None)
+            if error is not None:
+                raise error
+            yield
+            return
+        try:
+            yield
+        except Exception as exc:
+            self.from_writer(exc)
+            raise
+        self.from_writer(None)
+
     def gather(self, value: T) -> list[T]:
         """Every rank's `value`, in rank order, on every rank."""
         if not self.parallel:
@@ -178,7 +199,7 @@ class SyncedBatchNorm(nn.BatchNorm2d):
         offset = total[:channels] / count
         var = total[channels:2 * channels] / count - offset.square()
         mean = shift.flatten() + offset
-        self._update_running_stats(mean.detach(), var.detach(), float(count))
+        self._update_running_stats(mean.detach(), var.detach(), count)
         scale = torch.rsqrt(var + self.eps)
         if self.weight is not None:
             scale = scale * self.weight
@@ -187,14 +208,15 @@ class SyncedBatchNorm(nn.BatchNorm2d):
             out = out + self.bias.view(1, -1, 1, 1)
         return out.to(x.dtype)
 
-    def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, count: float) -> None:
+    def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor,
+                              count: torch.Tensor) -> None:
         """As nn.BatchNorm2d does: unbiased variance, momentum (or a cumulative average)."""
         assert self.running_mean is not None and self.running_var is not None
         if self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
         factor = (self.momentum if self.momentum is not None
                   else 1.0 / float(self.num_batches_tracked or 1))
-        unbiased = var * (count / max(count - 1, 1))
+        unbiased = var * (count / (count - 1).clamp(min=1))  # a tensor: no host sync on CUDA
         with torch.no_grad():
             self.running_mean.lerp_(mean, factor)
             self.running_var.lerp_(unbiased, factor)

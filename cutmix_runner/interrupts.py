@@ -1,5 +1,7 @@
 """Cooperative SIGINT/SIGTERM: the first signal asks the train loop to stop at the next step
-boundary; a second one stops at once.
+boundary; a second SIGINT (Ctrl-C pressed again) stops at once. A repeated SIGTERM does not: a
+preempted SLURM job under torchrun gets one from SLURM and one from torchrun, and its ranks must
+still stop after the same step.
 
 Raising straight from a signal handler is unreliable: when the signal lands while Python runs a
 finalizer or a callback that swallows exceptions, the KeyboardInterrupt is lost ("Exception
@@ -18,8 +20,8 @@ _requested = False
 
 def _handle(signum: int, frame: object) -> None:
     global _requested
-    if _requested:
-        raise KeyboardInterrupt  # a second signal: the user means now
+    if _requested and signum == signal.SIGINT:
+        raise KeyboardInterrupt  # Ctrl-C again: the user means now
     _requested = True
 
 

@@ -33,6 +33,7 @@ def split(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def main() -> None:
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
@@ -61,7 +62,9 @@ def main() -> None:
                else f"exited with status {failure.exitcode}; its own lines above say why")
         print(f"cutmix-torchrun: error: rank {rank} {how}", file=sys.stderr)
         sys.exit(1)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SignalException):
+        # Ctrl-C or a SIGTERM reached the launcher, which passes it on to every rank; they stop
+        # after the same step and rank 0 says how to resume.
         sys.exit(130)
 
 

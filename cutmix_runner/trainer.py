@@ -79,12 +79,14 @@ def train(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
 def prepare(cfg: RunConfig, out_dir: Path) -> Run:
     """Refuse a directory that holds a run, set up the runtime, build data and model."""
     started = time.perf_counter()  # total_seconds includes data loading and model set-up
-    if cfg.trainer.resume is None and ((out_dir / "metrics.jsonl").exists()
-                                       or (out_dir / "checkpoints").exists()):
+    holds_a_run = (out_dir / "metrics.jsonl").exists() or (out_dir / "checkpoints").exists()
+    # Rank 0 looks, before any rank writes: a slower rank would find rank 0's first files.
+    if cfg.trainer.resume is None and distributed.current().from_writer(holds_a_run):
         raise RunError(f"{out_dir} already holds a run; continue it with trainer.resume=auto "
                        "or pick a new hydra.run.dir")
     rt = runtime.setup(cfg.trainer)
-    data = build.data_splits(cfg, rt.device, rt.world)
+    with rt.world.writer_first():  # data.download=true: rank 0 alone fetches the archive
+        data = build.data_splits(cfg, rt.device, rt.world)
     model, preprocess = build.model_and_preprocess(cfg, data.num_classes, rt.device, rt.world)
     if rt.world.parallel:  # the head starts alike on every rank; dropout then differs by rank
         runtime.seed_everything(rt.world.seed(cfg.trainer.seed))
@@ -98,8 +100,9 @@ def prepare(cfg: RunConfig, out_dir: Path) -> Run:
 
 
 def fit(run: Run) -> dict[str, Any]:
+    """Train, then test on rank 0; the other ranks leave without waiting for the test set."""
     train_stages(run)
-    return run.world.from_writer(summary.finish(run) if run.world.is_writer else None)
+    return summary.finish(run) if run.world.is_writer else {"best": run.progress.best}
 
 
 def train_stages(run: Run) -> None:

@@ -112,6 +112,34 @@ def test_synced_batchnorm_is_batchnorm_on_the_global_batch() -> None:
             assert error < 1e-5, (rank, name, error)
 
 
+def test_each_stage_lr_schedule_spans_the_steps_a_rank_takes() -> None:
+    """66 images at batch 32 leave 2 over: one process trains on them, 2 ranks (1 image each)
+    drop them, and the warm-up + cosine schedule must end on the last step either way."""
+    from cutmix_runner import build
+    from cutmix_runner.config import StageConfig, validate
+    from cutmix_runner.data import Splits, make_synthetic, train_batches
+    from cutmix_runner.distributed import World
+    from cutmix_runner.runtime import Runtime
+    from tests.helpers import compose
+
+    cfg = validate(compose("experiment=smoke"))
+    x, y, tx, ty = make_synthetic(66, 8, 10)
+    data = Splits(x, y, tx, ty, tx, ty, tuple(str(i) for i in range(10)))
+    stage = StageConfig(epochs=1, unfreeze_blocks=1, lr_head=0.01, lr_backbone=0.001)
+    for world, steps in ((World(), 3), (World(0, 2), 2)):
+        model, preprocess = build.model_and_preprocess(cfg, 10, torch.device("cpu"))
+        runtime = Runtime(torch.device("cpu"), "fp32", world=world)
+        _, step = build.stage_step(model, cfg, 0, stage, data, preprocess, runtime)
+        batches = list(train_batches(x, y, 32, torch.Generator(), 0, False, world.rank,
+                                     world.size))
+        assert len(batches) == steps
+        for _ in batches:
+            step.optimizer.step()  # no gradients: the weights stay; the order torch expects
+            step.scheduler.step()
+        final = step.optimizer.param_groups[0]["lr"] / step.optimizer.param_groups[0]["initial_lr"]
+        assert final == pytest.approx(cfg.optim.min_lr_ratio), world
+
+
 @pytest.fixture(scope="module")
 def synced(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-process run with synchronised BatchNorm and no mixing, started in an empty folder."""
@@ -192,6 +220,32 @@ def test_sigterm_on_one_rank_stops_every_rank_after_the_same_step(uninterrupted:
     assert _metrics(run) == _metrics(uninterrupted)
 
 
+def test_sigterm_to_the_launcher_stops_the_run_in_one_line(tmp_path: Path) -> None:
+    """What SLURM preemption or Ctrl-C does: the signal reaches cutmix-torchrun, which passes it
+    on to every rank; they stop after the same step, and the run resumes."""
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    longer = ("data.synthetic_train_size=1200", f"hydra.run.dir={run}")  # ~40 steps per epoch
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "cutmix_runner.torchrun", "--nproc_per_node=2", *SMOKE, *longer],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (run / "metrics.jsonl").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)  # the first epoch is over: a checkpoint to resume from
+    launcher.send_signal(signal.SIGTERM)
+    _, stderr = launcher.communicate(timeout=120)
+    assert launcher.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr
+    lines = [ln for ln in stderr.splitlines() if "cutmix" in ln]
+    assert len(lines) == 1 and "interrupted" in lines[0], stderr[-3000:]
+    resumed = torchrun(tmp_path, *SMOKE, *longer, "trainer.resume=auto")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [r["global_epoch"] for r in _metrics(run)] == [1, 2, 3, 4]
+
+
 def test_a_non_finite_loss_on_one_rank_stops_every_rank(tmp_path: Path) -> None:
     """Rank 1 alone meets a NaN: both stop before the update, with rank 0's one line."""
     run = tmp_path / "run"
@@ -206,6 +260,7 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("override, message", [
     ("trainer.batch_size=33", "trainer.batch_size=33 does not split evenly over 2 processes"),
+    ("trainer.batch_size=2", "use a multiple of 2 of at least 4"),
     ("trainer.batchsize=32", "Key 'batchsize' not in 'TrainerConfig'"),
 ])
 def test_bad_input_under_torchrun_is_one_line(override: str, message: str,

@@ -150,7 +150,7 @@ def test_interrupt_keeps_last_epoch_and_says_how_to_resume(sig: int, reference: 
     assert last["global_epoch"] == len(_metrics(out)) >= 1
 
 
-def test_a_signal_requests_a_stop_and_a_second_one_stops_at_once() -> None:
+def test_a_signal_requests_a_stop_and_a_second_ctrl_c_stops_at_once() -> None:
     import os
     import signal
 
@@ -161,9 +161,12 @@ def test_a_signal_requests_a_stop_and_a_second_one_stops_at_once() -> None:
         os.kill(os.getpid(), signal.SIGINT)  # the handler runs before the next bytecode
         with pytest.raises(KeyboardInterrupt):
             interrupts.check()
+        os.kill(os.getpid(), signal.SIGTERM)  # repeated SIGTERMs (SLURM and torchrun): no rush
+        for _ in range(1000):  # give the handler a bytecode boundary to run on
+            pass
         with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGTERM)
-            for _ in range(1000):  # give the handler a bytecode boundary to run on
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):
                 pass
     with interrupts.handled():
         interrupts.check()  # a new block starts with no request pending
