@@ -227,7 +227,7 @@ def test_sigterm_to_the_launcher_stops_the_run_in_one_line(tmp_path: Path) -> No
     import time
 
     run = tmp_path / "run"
-    longer = ("data.synthetic_train_size=1200", f"hydra.run.dir={run}")  # ~40 steps per epoch
+    longer = ("data.synthetic_train_size=800", f"hydra.run.dir={run}")  # 25 steps per epoch
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     launcher = subprocess.Popen(
         [sys.executable, "-m", "cutmix_runner.torchrun", "--nproc_per_node=2", *SMOKE, *longer],
