@@ -206,6 +206,17 @@ def test_killed_two_process_run_resumes_to_the_same_result(uninterrupted: Path,
         assert torch.equal(ours[key], theirs[key]), key
 
 
+def test_a_two_process_checkpoint_is_not_resumed_by_one_process(uninterrupted: Path,
+                                                               tmp_path: Path) -> None:
+    """Its generators and batch slices belong to 2 ranks: an exact resume needs 2 again."""
+    result = run_cli(*SMOKE, f"hydra.run.dir={tmp_path / 'run'}",
+                     f"trainer.resume={uninterrupted / 'checkpoints' / 'last.pt'}")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "was trained by 2 process(es), this run has 1" in lines[0]
+    assert "--nproc_per_node=2" in lines[0]
+
+
 def test_sigterm_on_one_rank_stops_every_rank_after_the_same_step(uninterrupted: Path,
                                                                   tmp_path: Path) -> None:
     run = tmp_path / "run"
