@@ -26,14 +26,9 @@ def _handle(signum: int, frame: object) -> None:
 
 
 def requested() -> bool:
-    """Whether a stop was requested (distributed.World.check_stop shares it among ranks)."""
+    """Whether a stop was requested. The train loop asks after each step, through
+    distributed.World.check_stop, which also shares the request among torchrun's ranks."""
     return _requested
-
-
-def check() -> None:
-    """Raise KeyboardInterrupt if a stop was requested; called where stopping loses nothing."""
-    if _requested:
-        raise KeyboardInterrupt
 
 
 @contextlib.contextmanager

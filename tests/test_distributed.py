@@ -183,13 +183,14 @@ def test_synced_batchnorm_matches_one_process_on_the_global_batch(synced: Path,
                                                                   single: Path) -> None:
     ours, theirs = _metrics(synced / "run"), _metrics(single)
     assert len(ours) == len(theirs) == 4
-    for a, b in zip(ours, theirs, strict=True):
-        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=LOSS_RTOL)
+    loss_gap = max(abs(a["train_loss"] / b["train_loss"] - 1)
+                   for a, b in zip(ours, theirs, strict=True))
     weights, reference = _weights(synced / "run"), _weights(single)
     assert weights.keys() == reference.keys()
-    for key in weights:
-        difference = (weights[key].double() - reference[key].double()).abs().max().item()
-        assert difference < WEIGHT_ATOL, (key, difference)
+    weight_gap = max((weights[k].double() - reference[k].double()).abs().max().item()
+                     for k in weights)
+    print(f"train loss within {loss_gap:.1e} relative, weights within {weight_gap:.1e}")  # -s
+    assert loss_gap < LOSS_RTOL and weight_gap < WEIGHT_ATOL
 
 
 def test_killed_two_process_run_resumes_to_the_same_result(uninterrupted: Path,
