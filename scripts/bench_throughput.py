@@ -50,7 +50,7 @@ from cutmix_runner.data import Splits, train_batches
 from cutmix_runner.evaluation import predict
 from cutmix_runner.mixing import Regularizer
 from cutmix_runner.model import set_train_mode
-from cutmix_runner.runtime import Runtime, cpu_flags
+from cutmix_runner.runtime import Runtime, cpu_flags, keep_freed_memory
 from cutmix_runner.step import TrainStep, train_step
 
 SETTINGS = {"head only": 0, "top 3 blocks": 3, "top 5 blocks": 5, "all blocks": -1}
@@ -238,6 +238,12 @@ def settings(bench: Bench) -> list[str]:
         rows.append(f"| {name}: explicit depthwise padding vs conv-internal | {explicit:.0f} | "
                     f"{builtin:.0f} | {explicit / builtin:.2f} |")
     device = bench.runtime.device
+    other = 128 if bench.batch != 128 else 64  # trainer=cpu's batch against trainer=default's
+    for name in ("head only", "top 3 blocks", "top 5 blocks"):
+        this = ours(bench, SETTINGS[name])
+        that = ours(dataclasses.replace(bench, batch=other), SETTINGS[name])
+        rows.append(f"| {name}: batch {bench.batch} vs {other} | {this:.0f} | {that:.0f} | "
+                    f"{this / that:.2f} |")
     for unfreeze, name in ((1, "head + last block"), (3, "top 3 blocks"), (4, "top 4 blocks")):
         fp32 = ours(bench, unfreeze)
         bf16 = ours(dataclasses.replace(bench, runtime=Runtime(device, "bf16")), unfreeze)
@@ -274,17 +280,28 @@ def report(args: argparse.Namespace, command: str) -> str:
              f"{datetime.date.today().isoformat()}.", "",
              "| setting | ours img/s | standard img/s | model-only img/s | ours / standard | "
              "ours / model-only |", "|---|---:|---:|---:|---:|---:|"]
+    if device.type == "cpu":
+        keep_freed_memory()  # as every run does (trainer.keep_freed_memory=true)
     for size in args.sizes:
         for batch in args.batches:
-            bench = Bench(Runtime(device, precision), size, batch, args.repeats, model)
+            bench = Bench(Runtime(device, precision), size, batch, steps(args, batch), model)
+            # Untimed: the process's first steps allocate memory and build kernels, which made the
+            # first setting measured look up to 2x slower than the same setting measured later.
+            ours(dataclasses.replace(bench, repeats=2), SETTINGS["head only"])
             lines += three_way(bench)
     if device.type == "cpu":
-        bench = Bench(Runtime(device, "fp32"), args.sizes[0], args.batches[0], args.repeats,
-                      model)
+        bench = Bench(Runtime(device, "fp32"), args.sizes[0], args.batches[0],
+                      steps(args, args.batches[0]), model)
         lines += ["", f"Settings at {bench.size} px, batch {bench.batch} (training rows: ours):",
                   "", "| setting | on img/s | off img/s | on / off |", "|---|---:|---:|---:|"]
         lines += settings(bench)
     return "\n".join(lines) + "\n"
+
+
+def steps(args: argparse.Namespace, batch: int) -> int:
+    """Timed steps per measurement: --repeats, or enough for 2,560 images (at least 10), so that a
+    small batch is not timed over a fraction of a second, where this host's drift dominates."""
+    return args.repeats or max(10, -(-2560 // batch))
 
 
 def write(out: Path, body: str, append: bool, title: str) -> None:
@@ -307,8 +324,10 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--sizes", type=int, nargs="+", default=[80],
                         help="input px (80: the default run's)")
-    parser.add_argument("--batches", type=int, nargs="+", default=[128])
-    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--batches", type=int, nargs="+", default=[64],
+                        help="training batch (64: the default run's, trainer=cpu)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed steps per measurement (default: 2,560 images' worth)")
     parser.add_argument("--model", default="tf_efficientnet_lite0",
                         help="timm name; random weights (speed does not depend on them)")
     parser.add_argument("--append", action="store_true",

@@ -29,6 +29,21 @@ def test_default_config_validates_into_three_stages() -> None:
     assert run.model.weights == "packaged" and run.model.image_size == 80
 
 
+def test_default_run_is_the_staged_recipe_fitted_to_the_cpu_budget() -> None:
+    """experiment=default_run (the default) differs from cutmix_staged, the recipe the presets and
+    the study run, only in what issue 11 measured; trainer=gpu still replaces its trainer."""
+    from omegaconf import OmegaConf
+
+    default = _leaves(OmegaConf.to_container(_compose()))
+    staged = _leaves(OmegaConf.to_container(_compose("experiment=cutmix_staged")))
+    assert {k: (staged[k], v) for k, v in default.items() if staged[k] != v} == {
+        "trainer.batch_size": (128, 64), "trainer.eval_batch_size": (128, 64),
+        "trainer.frozen_precision": ("fp32", "auto"), "trainer.clean_train_size": (2000, 1000),
+        "trainer.flip_subset": (1000, 500), "schedule.stages.adapt.unfreeze_blocks": (3, 5)}
+    gpu = validate(_compose("trainer=gpu"))
+    assert gpu.trainer.batch_size == 512 and gpu.trainer.frozen_precision == "fp32"
+
+
 def test_stage_override_path_used_by_sweeps() -> None:
     run = validate(_compose("schedule.stages.adapt.regularizer.prob=0.3"))
     assert run.schedule.stages["adapt"].regularizer.prob == 0.3
