@@ -286,7 +286,7 @@ def report(args: argparse.Namespace, command: str) -> str:
         for batch in args.batches:
             bench = Bench(Runtime(device, precision), size, batch, steps(args, batch), model)
             # Untimed: the process's first steps allocate memory and build kernels, which made the
-            # first setting measured look up to 2x slower than the same setting measured later.
+            # first setting measured look far slower than the same setting measured later.
             ours(dataclasses.replace(bench, repeats=2), SETTINGS["head only"])
             lines += three_way(bench)
     if device.type == "cpu":
