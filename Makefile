@@ -15,7 +15,7 @@ DATA_ARGS := data.root=$(DATA_ROOT)$(if $(filter $(LOCAL_CIFAR),$(DATA_ROOT)), d
 LAUNCHER ?=
 LAUNCH_ARGS := $(if $(LAUNCHER),hydra/launcher=$(LAUNCHER))
 
-.PHONY: help setup test test-all lint train sweep presets reproduce reproduce-full study study-full smoke bench gpu-bundle gpu-check golden clean
+.PHONY: help setup test test-all lint train sweep presets reproduce reproduce-full study study-pilot study-full-data study-eval study-report study-v2 smoke bench gpu-bundle gpu-check golden clean
 .DEFAULT_GOAL := help
 
 help: ## list the targets (this text)
@@ -78,33 +78,83 @@ reproduce-full: setup ## the claims study on the full training set -> docs/resul
 		experiment=$(REPRO_ARMS) trainer.progress=false hydra.sweep.dir=$(REPRO_DIR)-full $(ARGS)
 	$(BIN)/cutmix-report $(REPRO_DIR)-full --out docs/results-full
 
-# The factorial study (issue 12): timing x strength (2 x 2), the baseline and the freeze-depth
-# arms, at 1,000 and 5,000 training images, 5 seeds each, single-view test accuracy. Directories
-# are named by their overrides alone and every job runs with trainer.resume=auto, so re-running
-# `make study` after an interruption skips finished runs and resumes the one in progress.
-STUDY_2X2 := cutmix_early_mild,cutmix_early_strong,cutmix_late_mild,cutmix_late_strong
-STUDY_FREEZE := frozen_baseline,frozen_cutmix_mild,unfrozen_baseline,unfrozen_cutmix_mild
-STUDY_ARMS ?= baseline,$(STUDY_2X2),$(STUDY_FREEZE)
+# The third study (issue 21, docs/study.md): when CutMix helps a staged fine-tune. Per-image
+# mixing (regularizer.mode=elem), a data draw per seed, two regimes (schedule=study_short, 1+1+2
+# epochs; study_long, 3+3+6, where the unmixed baseline overfits and plateaus) at 1,000 and 5,000
+# images. The core arms (timing x strength, none, the post's recipe) run in both regimes; the
+# direction, freeze-depth and MixUp arms in the long regime only. Runs go seed by seed, so that a
+# seed's arms run in one sitting, on one CPU. Directories are named by their overrides and every
+# job runs with trainer.resume=auto, so re-running `make study` skips finished runs and resumes
+# the one in progress. The arms themselves are configs/experiment/study_*.yaml.
+STUDY_CORE ?= study_none,study_increasing,study_early_mild,study_early_strong,study_late_mild,\
+study_late_strong
+STUDY_LONG ?= study_constant,study_decreasing,study_frozen_none,study_frozen_increasing,\
+study_mixup_increasing
 STUDY_SIZES ?= 1000,5000
-STUDY_SEEDS ?= 0,1,2,3,4
-STUDY_DIR ?= multirun/study
+STUDY_SEEDS ?= 0 1 2 3 4
+STUDY_DIR ?= multirun/study3
 STUDY_OUT ?= docs/results/study
-STUDY_DATA ?= data.val_size=2000 trainer.clean_train_size=1000 trainer.flip_subset=500 \
-	trainer.test_flip=false
-study: setup ## the factorial study (9 arms x 2 data sizes x 5 seeds, resumable) -> docs/results/study
-	$(BIN)/cutmix-train -m $(DATA_ARGS) $(LAUNCH_ARGS) data.train_subset=$(STUDY_SIZES) \
-		trainer.seed=$(STUDY_SEEDS) \
-		experiment=$(STUDY_ARMS) $(STUDY_DATA) trainer.progress=false trainer.resume=auto \
-		hydra.sweep.dir=$(STUDY_DIR) 'hydra.sweep.subdir=$${hydra.job.override_dirname}' $(ARGS)
-	$(BIN)/cutmix-report $(STUDY_DIR) --out $(STUDY_OUT)
+STUDY_TRAIN = $(BIN)/cutmix-train -m $(DATA_ARGS) $(LAUNCH_ARGS) data.train_subset=$(STUDY_SIZES) \
+	trainer.progress=false trainer.resume=auto hydra.sweep.dir=$(STUDY_DIR) \
+	'hydra.sweep.subdir=$${hydra.job.override_dirname}' $(ARGS)
+# cutmix-eval for the MixUp-vs-CutMix claim: 2,000 test images, every corruption, severities 1-5.
+STUDY_EVAL_RUNS = $(wildcard $(STUDY_DIR)/*experiment=study_increasing,schedule=study_long* \
+	$(STUDY_DIR)/*experiment=study_mixup_increasing,schedule=study_long*)
+STUDY_REPORT = $(BIN)/cutmix-report $(STUDY_OUT)/runs --out $(STUDY_OUT) --force \
+	--stratum-key schedule --reference study_none --reference default_run
+study: setup ## the third study (resumable; docs/study.md) -> docs/results/study
+	for seed in $(STUDY_SEEDS); do \
+	  $(STUDY_TRAIN) trainer.seed=$$seed schedule=study_short,study_long experiment=$(STUDY_CORE) \
+	  && $(STUDY_TRAIN) trainer.seed=$$seed schedule=study_long experiment=$(STUDY_LONG) \
+	  || exit $$?; \
+	done
+	$(MAKE) study-full-data study-eval study-report
 
-# The full set: the study's arms plus the recipe's presets (cutmix_staged, cutmix_from_start,
-# mixup_staged, random_erasing_staged: the claims about MixUp and the confounded from-start
-# row), at 1,000 and 5,000 images and on the whole training set (null). Many hours on CPU.
-RECIPE_ARMS := cutmix_staged,cutmix_from_start,mixup_staged,random_erasing_staged
-study-full: ## the study with every preset and the full training set too -> docs/results/study-full
-	$(MAKE) study STUDY_ARMS=$(STUDY_ARMS),$(RECIPE_ARMS) STUDY_SIZES=1000,5000,null \
-		STUDY_DIR=multirun/study-full STUDY_OUT=docs/results/study-full
+# The user's practical question at full data (48,000 images, the default run's recipe): the
+# default vs no mixing vs mixing off in its last epoch, seeds 0-2.
+study-full-data: setup ## the study's full-data row (3 arms x 3 seeds of the default run)
+	$(BIN)/cutmix-train -m $(DATA_ARGS) $(LAUNCH_ARGS) trainer.seed=0,1,2 \
+		experiment=default_run,default_no_mixing,default_mixing_off_last \
+		trainer.progress=false trainer.resume=auto hydra.sweep.dir=$(STUDY_DIR) \
+		'hydra.sweep.subdir=$${hydra.job.override_dirname}' $(ARGS)
+
+# The pilot: seeds 0-2 of the unmixed arm and the post's recipe in every regime and size. Its runs
+# are the study's own (same directories), so `make study` later skips them.
+study-pilot: setup ## the study's pilot (docs/study.md: the SDs that chose the seed count)
+	for seed in 0 1 2; do \
+	  $(STUDY_TRAIN) trainer.seed=$$seed schedule=study_short,study_long \
+	    experiment=study_none,study_increasing || exit $$?; \
+	done
+	$(MAKE) study-report
+
+study-eval: setup ## cutmix-eval on 2,000 test images for the study's MixUp / CutMix arms
+	for run in $(STUDY_EVAL_RUNS); do \
+	  test -f "$$run/summary.json" -a ! -f "$$run/eval/eval.json" || continue; \
+	  $(BIN)/cutmix-eval "$$run" --limit 2000 --severities 1-5 || exit $$?; \
+	done
+
+# Copies what each run's report needs (summary, metrics, eval, .hydra/*.yaml; no checkpoints)
+# into docs/results/study/runs, and reports from that copy, so that the report is reproducible
+# from the repository alone.
+study-report: setup ## the study's report from its runs -> docs/results/study/report.md
+	$(BIN)/python scripts/collect_runs.py $(STUDY_DIR) $(STUDY_OUT)/runs
+	$(STUDY_REPORT)
+
+# The second design (issue 12; its runs and report are docs/results/study-v2): timing x strength
+# (2 x 2) with per-batch CutMix, the baseline and the freeze-depth arms, at 1,000 and 5,000
+# images, seeds 0-4. Its report applies the third study's corrected tests to those 90 runs.
+V2_ARMS := baseline,cutmix_early_mild,cutmix_early_strong,cutmix_late_mild,cutmix_late_strong,\
+frozen_baseline,frozen_cutmix_mild,unfrozen_baseline,unfrozen_cutmix_mild
+V2_DIR ?= multirun/study
+V2_OUT ?= docs/results/study-v2
+study-v2: setup ## the second study design (90 runs, resumable) -> docs/results/study-v2
+	$(BIN)/cutmix-train -m $(DATA_ARGS) $(LAUNCH_ARGS) data.train_subset=1000,5000 \
+		trainer.seed=0,1,2,3,4 experiment=$(V2_ARMS) data.val_size=2000 \
+		trainer.clean_train_size=1000 trainer.flip_subset=500 trainer.test_flip=false \
+		trainer.progress=false trainer.resume=auto hydra.sweep.dir=$(V2_DIR) \
+		'hydra.sweep.subdir=$${hydra.job.override_dirname}' $(ARGS)
+	$(BIN)/python scripts/collect_runs.py $(V2_DIR) $(V2_OUT)/runs
+	$(BIN)/cutmix-report $(V2_OUT)/runs --out $(V2_OUT) --force
 
 # Seconds-long end-to-end run on synthetic data.
 smoke: setup ## seconds-long end-to-end run on synthetic data

@@ -150,7 +150,11 @@ class RegularizerConfig:
 
     # a key of mixing.REGULARIZERS: none | cutmix | mixup | random_erasing | cutmix_or_mixup
     name: str = "none"
-    # cutmix/mixup/cutmix_or_mixup: chance a batch is mixed; random_erasing: chance per image.
+    # a key of mixing.MODES. batch: one coin (and one box or lambda) per batch. elem: one per
+    # image, as timm's "elem" mode; only for cutmix and mixup (mixing.ELEM_REGULARIZERS).
+    mode: str = "batch"
+    # cutmix/mixup/cutmix_or_mixup: chance a batch (elem: an image) is mixed; random_erasing:
+    # chance per image.
     prob: float = 0.0
     cutmix_alpha: float = 1.0  # Beta shape of the CutMix patch area within its bounds
     mixup_alpha: float = 0.2  # MixUp's lambda ~ Beta(alpha, alpha)
@@ -248,6 +252,16 @@ class ScheduleConfig:
         _check(len(self.stages) > 0, "schedule.stages", "the stage list is empty")
         for name, stage in self.stages.items():
             stage.validate(f"schedule.stages.{name}")
+
+
+def expected_dose(schedule: ScheduleConfig) -> float:
+    """The expected number of times each training image is mixed over the whole schedule: the
+    sum over every epoch of its stage's probability, at the stage's full length (a stage ended
+    early by a trigger mixes less; summary.json's `dose` counts what happened). Arms that
+    compare timing or direction are built to be equal on this (tests/test_study.py)."""
+    return sum(stage.regularizer.values_at(epoch, stage.epochs)[0]
+               for stage in schedule.stages.values() if stage.regularizer.name != "none"
+               for epoch in range(stage.epochs))
 
 
 # optim.lr_scaling -> exponent of (batch_size / reference_batch_size) applied to every LR.
@@ -375,11 +389,12 @@ def option_names() -> dict[str, tuple[str, ...]]:
     Imported here rather than at the top, so that reading the config rules needs no torch.
     """
     from cutmix_runner.data import DATASETS
-    from cutmix_runner.mixing import REGULARIZERS
+    from cutmix_runner.mixing import ELEM_REGULARIZERS, MODES, REGULARIZERS
     from cutmix_runner.optim import OPTIMIZERS
 
     return {"data.name": tuple(DATASETS), "optim.name": tuple(OPTIMIZERS),
-            "regularizer": tuple(REGULARIZERS)}
+            "regularizer": tuple(REGULARIZERS), "regularizer.mode": MODES,
+            "regularizer.mode=elem": ELEM_REGULARIZERS}
 
 
 def _check_choice(value: str, allowed: tuple[str, ...], key: str) -> None:
@@ -392,8 +407,12 @@ def check_options(run: RunConfig) -> None:
     _check_choice(run.data.name, names["data.name"], "data.name")
     _check_choice(run.optim.name, names["optim.name"], "optim.name")
     for stage_name, stage in run.schedule.stages.items():
-        _check_choice(stage.regularizer.name, names["regularizer"],
-                      f"schedule.stages.{stage_name}.regularizer.name")
+        key, reg = f"schedule.stages.{stage_name}.regularizer", stage.regularizer
+        _check_choice(reg.name, names["regularizer"], f"{key}.name")
+        _check_choice(reg.mode, names["regularizer.mode"], f"{key}.mode")
+        _check(reg.mode != "elem" or reg.name in names["regularizer.mode=elem"], f"{key}.mode",
+               f"elem works with {', '.join(names['regularizer.mode=elem'])}, not '{reg.name}'; "
+               "use mode=batch")
 
 
 def result_config(cfg: RunConfig) -> dict[str, Any]:

@@ -8,6 +8,12 @@ its own seeded generator; all run in the main process on whole batches.
 Every regularizer maps (images, labels) to a ``MixResult`` with soft targets whose rows sum to 1.
 ``prob``, ``min_area`` and ``max_area`` are plain attributes so that a stage's ramp can change
 them between epochs.
+
+CutMix and MixUp take a ``mode``, as timm's ``Mixup`` does: ``batch`` tosses one coin per batch
+and mixes the whole batch with one box (or one lambda); ``elem`` tosses a coin per image, and each
+mixed image gets its own box (or lambda). With ``elem`` the number of mixed images per epoch is
+about ``prob`` times the images seen, however few batches there are, which is what makes a dose
+comparable between short and long runs and small and large data.
 """
 
 from __future__ import annotations
@@ -76,6 +82,10 @@ def box_for_area(height: int, width: int, area: float, g: torch.Generator) -> tu
     return top, bottom, left, right
 
 
+# regularizer.mode: one coin, box and lambda per batch, or one per image (timm's "elem").
+MODES = ("batch", "elem")
+
+
 def _check_common(prob: float, alpha: float, min_area: float, max_area: float) -> None:
     if not 0.0 <= prob <= 1.0:
         raise ValueError(f"prob must be in [0, 1], got {prob}")
@@ -100,8 +110,12 @@ class Regularizer:
     """Base: holds the shared knobs and the generator; subclasses implement ``apply``."""
 
     def __init__(self, num_classes: int, prob: float = 1.0, alpha: float = 1.0,
-                 min_area: float = 0.0, max_area: float = 1.0, seed: int = 0) -> None:
+                 min_area: float = 0.0, max_area: float = 1.0, seed: int = 0,
+                 mode: str = "batch") -> None:
         _check_common(prob, alpha, min_area, max_area)
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got '{mode}'")
+        self.mode = mode
         self.num_classes = num_classes
         self.prob = prob
         self.alpha = alpha
@@ -123,6 +137,10 @@ class Regularizer:
     def _coin(self) -> bool:
         return self.prob > 0 and float(torch.rand(1, generator=self.generator)) < self.prob
 
+    def _coins(self, n: int) -> torch.Tensor:
+        """elem mode: which of `n` images are mixed, each with probability `prob`."""
+        return torch.rand(n, generator=self.generator) < self.prob
+
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> MixResult:
         targets = one_hot(labels, self.num_classes).to(images.device)
         return self.apply(images, targets)
@@ -132,14 +150,18 @@ class Regularizer:
 
 
 class CutMix(Regularizer):
-    """Batch-level CutMix.
+    """CutMix, per batch (``mode="batch"``) or per image (``mode="elem"``).
 
-    With probability ``prob`` the batch is mixed. A patch area fraction
+    batch: with probability ``prob`` the batch is mixed. A patch area fraction
     ``min_area + (max_area - min_area) * Beta(alpha, alpha)`` is drawn (with the default bounds
     [0, 1] this is standard CutMix's ``1 - lambda``); a box of side ``sqrt(area)`` times the image
     side is centred uniformly and clipped to the image; each image receives that box from a random
     partner in the batch. Lambda is recomputed from the clipped box, so the label weights equal the
     true pasted area. Works for any batch size (a batch of 1 is its own partner).
+
+    elem: each image is mixed with probability ``prob``; each mixed image draws its own area and
+    centre, and receives that box from its partner, so each image's lambda is its own true pasted
+    area.
     """
 
     def sample_area(self) -> float:
@@ -147,6 +169,8 @@ class CutMix(Regularizer):
         return self.min_area + (self.max_area - self.min_area) * u
 
     def apply(self, images: torch.Tensor, targets: torch.Tensor) -> MixResult:
+        if self.mode == "elem":
+            return self.apply_elem(images, targets)
         if not self._coin():
             return MixResult(images, targets, 1.0, 0.0)
         n, _, h, w = images.shape
@@ -159,24 +183,64 @@ class CutMix(Regularizer):
         mixed[:, :, top:bottom, left:right] = images[partner, :, top:bottom, left:right]
         return MixResult(mixed, lam * targets + (1.0 - lam) * targets[partner], *share)
 
+    def boxes(self, n: int, h: int, w: int) -> torch.Tensor:
+        """(n, H, W) bool masks: one square-ratio box per image, of an area drawn within the
+        bounds, centred uniformly and clipped to the image (as `box_for_area`, vectorised)."""
+        g = self.generator
+        u = torch.from_numpy(np.asarray(beta_sample(self.alpha, g, n), dtype=np.float64))
+        ratio = (self.min_area + (self.max_area - self.min_area) * u).sqrt()
+        cut_h, cut_w = (h * ratio).round().long(), (w * ratio).round().long()
+        cy, cx = torch.randint(0, h, (n,), generator=g), torch.randint(0, w, (n,), generator=g)
+        top, bottom = (cy - cut_h // 2).clamp(min=0), (cy + cut_h - cut_h // 2).clamp(max=h)
+        left, right = (cx - cut_w // 2).clamp(min=0), (cx + cut_w - cut_w // 2).clamp(max=w)
+        rows = torch.arange(h)[None, :, None]
+        cols = torch.arange(w)[None, None, :]
+        return ((rows >= top[:, None, None]) & (rows < bottom[:, None, None])
+                & (cols >= left[:, None, None]) & (cols < right[:, None, None]))
+
+    def apply_elem(self, images: torch.Tensor, targets: torch.Tensor) -> MixResult:
+        if self.prob <= 0:
+            return MixResult(images, targets, 1.0, 0.0)
+        n, _, h, w = images.shape
+        # Every draw is taken whether or not an image is mixed, so the stream does not depend
+        # on the coins: two arms with the same seed see the same partners and boxes.
+        mixed = self._coins(n)
+        mask = self.boxes(n, h, w) & mixed[:, None, None]
+        partner = torch.randperm(n, generator=self.generator)
+        lam = 1.0 - mask.flatten(1).float().mean(1)
+        share = _own_share(partner, lam)
+        lam = lam.to(images.device, non_blocking=True)
+        partner = partner.to(images.device, non_blocking=True)
+        mask = mask.to(images.device, non_blocking=True)[:, None]
+        out = torch.where(mask, images[partner], images)
+        return MixResult(out, lam[:, None] * targets + (1 - lam[:, None]) * targets[partner],
+                         *share)
+
 
 class MixUp(Regularizer):
     """MixUp: a global pixel blend ``lam * x + (1 - lam) * x[partner]`` with the same label blend.
 
-    With probability ``prob`` the batch is mixed; lambda ~ Beta(alpha, alpha), one per batch or,
-    with ``per_sample=True``, one per image. Area bounds do not apply.
+    batch: with probability ``prob`` the batch is mixed; lambda ~ Beta(alpha, alpha), one per
+    batch or, with ``per_sample=True``, one per image. elem: each image is mixed with probability
+    ``prob``, with its own lambda. Area bounds do not apply.
     """
 
     def __init__(self, num_classes: int, prob: float = 1.0, alpha: float = 0.2,
-                 per_sample: bool = False, seed: int = 0) -> None:
-        super().__init__(num_classes, prob, alpha, seed=seed)
+                 per_sample: bool = False, seed: int = 0, mode: str = "batch") -> None:
+        super().__init__(num_classes, prob, alpha, seed=seed, mode=mode)
         self.per_sample = per_sample
 
     def apply(self, images: torch.Tensor, targets: torch.Tensor) -> MixResult:
-        if not self._coin():
-            return MixResult(images, targets, 1.0, 0.0)
         n = images.shape[0]
-        if self.per_sample:
+        if self.mode == "elem":
+            if self.prob <= 0:
+                return MixResult(images, targets, 1.0, 0.0)
+            mixed = self._coins(n)
+            lam = torch.from_numpy(beta_sample(self.alpha, self.generator, n)).float()
+            lam = torch.where(mixed, lam, torch.ones_like(lam))
+        elif not self._coin():
+            return MixResult(images, targets, 1.0, 0.0)
+        elif self.per_sample:
             lam = torch.from_numpy(beta_sample(self.alpha, self.generator, n)).float()
         else:
             lam = torch.full((n,), float(beta_sample(self.alpha, self.generator)))
@@ -277,11 +341,13 @@ def _none(cfg: RegularizerConfig, num_classes: int, seed: int) -> Regularizer:
 
 
 def _cutmix(cfg: RegularizerConfig, num_classes: int, seed: int) -> Regularizer:
-    return CutMix(num_classes, cfg.prob, cfg.cutmix_alpha, cfg.min_area, cfg.max_area, seed=seed)
+    return CutMix(num_classes, cfg.prob, cfg.cutmix_alpha, cfg.min_area, cfg.max_area, seed=seed,
+                  mode=cfg.mode)
 
 
 def _mixup(cfg: RegularizerConfig, num_classes: int, seed: int) -> Regularizer:
-    return MixUp(num_classes, cfg.prob, cfg.mixup_alpha, cfg.mixup_per_sample, seed=seed)
+    return MixUp(num_classes, cfg.prob, cfg.mixup_alpha, cfg.mixup_per_sample, seed=seed,
+                 mode=cfg.mode)
 
 
 def _random_erasing(cfg: RegularizerConfig, num_classes: int, seed: int) -> Regularizer:
@@ -299,6 +365,9 @@ def _cutmix_or_mixup(cfg: RegularizerConfig, num_classes: int, seed: int) -> Reg
 
 
 # regularizer.name -> factory; config validation takes the allowed names from here.
+# regularizer.mode=elem applies to these; the others are per image already (random_erasing) or
+# choose per batch between two mixers (cutmix_or_mixup).
+ELEM_REGULARIZERS = ("none", "cutmix", "mixup")
 REGULARIZERS: dict[str, Callable[[RegularizerConfig, int, int], Regularizer]] = {
     "none": _none,
     "cutmix": _cutmix,

@@ -115,11 +115,11 @@ def interaction(cells: dict[str, dict[tuple[str, str], list[float]]], out: Path,
 
 def forest(rows: list[Row], scales: dict[str, float], out: Path, name: str = "forest.png") -> str:
     """Each tested claim's effect with its 95 % interval, in the metric's display unit, signed
-    so that right of 0 is the direction the post predicts."""
+    so that right of 0 is the direction the post predicts (as measured where it predicts none)."""
     tested = [r for r in rows if r.effect is not None and not math.isnan(r.effect.mean)]
     fig, ax = pyplot().subplots(figsize=(11, 0.42 * len(tested) + 1.5))
     for y, row in enumerate(reversed(tested)):
-        sign, scale = row.claim.expected_sign, scales[row.claim.metric]
+        sign, scale = row.claim.expected_sign or 1, scales[row.claim.metric]
         effect = row.effect
         assert effect is not None
         half = 0 if math.isnan(effect.half_width) else effect.half_width * scale

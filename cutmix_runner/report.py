@@ -1,9 +1,11 @@
 """`cutmix-report PATH...`: runs and sweeps -> tables, plots and verdicts on the post's claims.
 
 Runs are grouped into arms by the command-line overrides that differ between them, ignoring the
-seed and keys that do not change results; `data.train_subset` (the data size) is a stratum, not
-an arm. Each metric is reported per arm as mean ± 95 % interval over seeds. Claims (claims.py)
-are contrasts between arms, paired by seed; their statistics are in stats.py.
+seed and keys that do not change results; the stratum keys (`data.train_subset`, the data size,
+by default; `--stratum-key` adds more, e.g. `schedule` for the study's regimes) are held fixed
+within a comparison, not arms. Each metric is reported per arm as mean ± 95 % interval (and SD)
+over seeds. Every arm is compared with a reference arm, paired by seed, whatever the sweep; the
+post's claims (claims.py) are contrasts between named presets. Statistics: stats.py.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,13 +22,13 @@ from typing import Any
 
 import yaml
 
-from cutmix_runner import claims, plots
-from cutmix_runner.claims import CELLS, Row
+from cutmix_runner import claims, plots, stats
+from cutmix_runner.claims import CELL_ORDER, DESIGN2, DESIGN3, Row
 from cutmix_runner.config import neutral_keys
-from cutmix_runner.stats import POWER, mean_ci, verdict
+from cutmix_runner.stats import POWER, mean_ci
 
 SEED_KEYS = {"trainer.seed"}
-STRATUM_KEY = "data.train_subset"  # the data size: claims are tested per size
+SIZE_KEY = "data.train_subset"  # the data size: a stratum always
 MIN_SEEDS = 5  # fewer seeds per arm are flagged in the report
 # Keys that do not change results: the same list resume uses, plus Hydra's own settings.
 NEUTRAL_PREFIXES = (*neutral_keys(), "hydra.")
@@ -46,7 +49,9 @@ class Run:
     records: list[dict[str, Any]]
     eval: dict[str, Any] | None = None  # eval/eval.json from cutmix-eval, when the run has one
     arm: str = ""
-    stratum: str = "all"  # the data size (data.train_subset), "full" without a subset
+    # The data size (data.train_subset; "full" without a subset), then any other stratum key's
+    # value, joined by " · ", e.g. "1000 · study_long".
+    stratum: str = "full"
     scalars: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -108,24 +113,27 @@ def load_runs(paths: list[Path]) -> list[Run]:
     return runs
 
 
-def assign_arms(runs: list[Run], arm_keys: list[str] | None) -> list[str]:
+def assign_arms(runs: list[Run], arm_keys: list[str] | None,
+                stratum_keys: tuple[str, ...] = ()) -> list[str]:
     """Label each run's arm and stratum; returns the keys that define arms. Refuses mixed
     comparisons."""
     def relevant(key: str) -> bool:
-        return (key not in SEED_KEYS and key != STRATUM_KEY
+        return (key not in SEED_KEYS and key != SIZE_KEY and key not in stratum_keys
                 and not key.startswith(NEUTRAL_PREFIXES))
 
     for run in runs:
-        size = run.overrides.get(STRATUM_KEY, "null")
-        run.stratum = "full" if size == "null" else size
+        size = run.overrides.get(SIZE_KEY, "null")
+        parts = ["full" if size == "null" else size]
+        parts += [run.overrides[k] for k in stratum_keys if k in run.overrides]
+        run.stratum = " · ".join(parts)
 
     keys = sorted({k for r in runs for k in r.overrides if relevant(k)})
     varying = [k for k in keys if len({r.overrides.get(k, "(default)") for r in runs}) > 1]
     if arm_keys is None:
         if len(varying) > 1:
             raise ReportError(f"runs differ in more than the arm, the seed "
-                              f"and the data size ({', '.join(varying)}); name the arm with "
-                              "--arm-key KEY")
+                              f"and the strata ({', '.join(varying)}); name the arm with "
+                              "--arm-key KEY, or hold a key fixed with --stratum-key KEY")
         arm_keys = varying
     for run in runs:
         run.arm = " ".join(f"{k}={run.overrides.get(k, '(default)')}" for k in arm_keys) or "all"
@@ -136,7 +144,10 @@ def assign_arms(runs: list[Run], arm_keys: list[str] | None) -> list[str]:
 
 METRICS: list[tuple[str, str, Callable[[Run], float], float]] = [
     # name, description, getter, display scale
-    ("test_accuracy", "test accuracy (%)", lambda r: r.summary["test_accuracy"], 100),
+    ("test_accuracy", "test accuracy, best-validation weights (%)",
+     lambda r: r.summary["test_accuracy"], 100),
+    ("final_test_accuracy", "test accuracy, last epoch's weights (%)",
+     lambda r: r.summary["final_test_accuracy"], 100),
     ("best_val_accuracy", "best validation accuracy (%)",
      lambda r: r.summary["best"]["val_accuracy"], 100),
     ("clean_train_accuracy", "clean-train accuracy, last epoch (%)",
@@ -158,6 +169,8 @@ METRICS: list[tuple[str, str, Callable[[Run], float], float]] = [
      lambda r: r.summary["test"]["flip_rate_shift"], 100),
     ("mean_corruption_accuracy", "mean accuracy under CIFAR-10-C corruptions, cutmix-eval (%)",
      lambda r: r.eval["mean_corruption_accuracy"], 100),  # type: ignore[index]
+    ("dose", "dose: mixed images per training image over the run",
+     lambda r: r.summary["dose"]["mixed_images"] / r.summary["train_size"], 1),
     ("minutes", "wall time (min)", lambda r: r.summary["total_seconds"] / 60, 1),
 ]
 
@@ -180,8 +193,11 @@ def preset(arm: str) -> str:
 
 
 def stratum_order(strata: set[str]) -> list[str]:
-    """Smallest data size first; "full" (no subset) last."""
-    return sorted(strata, key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0, s))
+    """By the other stratum keys, then smallest data size first; "full" (no subset) last."""
+    def key(stratum: str) -> tuple:
+        size, _, rest = stratum.partition(" · ")
+        return (not size.isdigit(), rest, int(size) if size.isdigit() else 0, size)
+    return sorted(strata, key=key)
 
 
 @dataclass
@@ -221,27 +237,32 @@ class Study:
 
 
 SCALES = {name: scale for name, _, _, scale in METRICS}
+# The metrics every arm is compared on with the reference arm, in any sweep.
+COMPARED = ("test_accuracy", "final_test_accuracy", "test_ece", "clean_train_accuracy",
+            "flip_rate_noise")
 PROCEDURE = f"""## How the claims are tested
 
-- **Paired by seed.** Runs with the same `trainer.seed` share the validation split, the head's
-  initialisation and the data order, so an effect is the mean over seeds of the per-seed
-  difference between arms, with a paired t 95 % interval (scipy.stats). Arms without two common
-  seeds fall back to Welch's unpaired interval; the *test* column says which.
+- **Paired by seed.** Runs with the same `trainer.seed` share the head's initialisation, the data
+  order and (in the third study) the training subset and validation split, so an effect is the
+  mean over seeds of the per-seed difference between arms, with a paired t 95 % interval
+  (scipy.stats). Arms without two common seeds fall back to Welch's unpaired interval; the
+  *test* column says which.
 - **2 × 2 (timing × strength)** on test accuracy: per seed, timing = (late − early) averaged
   over strengths, strength = (mild − strong) averaged over timings, interaction =
   (late − early | mild) − (late − early | strong); each with a one-sample t interval over seeds.
-- **"Timing matters more than strength"**: |mean timing effect| − |mean strength effect|, with
-  a paired percentile bootstrap over seeds (scipy.stats.bootstrap, 9,999 resamples). Its
-  limits: with 5 seeds there are only 126 distinct resamples, percentile intervals undercover
-  at small n, and "more" is judged on this recipe's two levels of each factor only.
-- **Verdicts.** *supported* / *contradicted*: the 95 % interval excludes 0 in / against the
-  direction the post predicts; *inconclusive* otherwise. The Holm column adjusts the p-values of
-  every tested row of the table as one family (Holm's step-down, α = 0.05).
-- **Power.** *MDE* is the smallest true effect this n and spread would detect with
-  {POWER:.0%} power at α = 0.05 (noncentral t): an inconclusive row means "smaller than the
-  MDE, if any".
-- Claims about one data size are tested at every size; the data-size claim compares the
-  smallest size with the largest, per seed.
+- **Which matters more** (|timing| > |strength|, and the reverse): an intersection-union test.
+  |a| > |b| exactly when a − b and a + b both have a's sign; each is a one-sided paired t, and
+  the row's p is the larger of the two. The effect shown is |mean a| − |mean b|.
+- **Best-validation and last epoch.** *effect* uses the test score of the best-validation
+  weights; *last epoch* the same contrast on the final weights.
+- **Verdicts**, after Holm's step-down adjustment over every tested row (α = 0.05):
+  *supported* / *contradicted*: the adjusted p rejects 0 in / against the post's direction;
+  *no effect (within ±m)*: an equivalence test (TOST, two one-sided t at α = 0.05, Holm-adjusted
+  as a second family) puts the effect inside the margin m stated before the runs (0.5 point for
+  accuracies, gaps, ECE, confidence and flip rates); *inconclusive* otherwise: the interval
+  allows both an effect and none. An inconclusive row is not evidence of no effect.
+- **Power** ({POWER:.0%}, α = 0.05, noncentral t) is in the *Comparisons* tables as the MDE: the
+  smallest true effect the seeds and spread at hand detect; it plans runs and judges nothing.
 """
 
 
@@ -253,43 +274,50 @@ def _number(value: float, digits: int) -> str:
 
 
 def claims_section(rows: list[Row]) -> list[str]:
-    lines = ["## Claims", "", "| claim | metric | contrast | train size | n | effect ± 95 % CI "
-             "| MDE | p | Holm p | verdict | Holm verdict | test |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---|---|---|"]
+    lines = ["## Claims", "", "| claim | metric | contrast | stratum | n | effect ± 95 % CI "
+             "| last epoch | p | Holm p | TOST Holm p | verdict | test |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---|---|"]
     for row in rows:
         claim, effect = row.claim, row.effect
         head = f"| {claim.text} | {claim.metric} | {claim.contrast} | {row.stratum} |"
         if effect is None:
-            lines.append(f"{head} – | – | – | – | – | not measured (arms missing) | – | – |")
+            lines.append(f"{head} – | – | – | – | – | – | {claims.verdict(row)} | – |")
             continue
         scale = SCALES[claim.metric]
-        mde, p, holm_p = (_number(effect.mde * scale, 2), _number(effect.p, 3),
-                          _number(row.holm_p, 3))
-        lines.append(f"{head} {effect.n} | {effect.text(scale)} | {mde} | {p} | {holm_p} | "
-                     f"{verdict(effect, claim.expected_sign)} | "
-                     f"{verdict(effect, claim.expected_sign, row.holm_p)} | {effect.method} |")
+        last = "–" if row.last_epoch is None else row.last_epoch.text(scale)
+        lines.append(f"{head} {effect.n} | {effect.text(scale)} | {last} | "
+                     f"{_number(effect.p, 3)} | {_number(row.holm_p, 3)} | "
+                     f"{_number(row.tost_holm_p, 3)} | {claims.verdict(row)} | {effect.method} |")
     return lines
 
 
 def factorial_section(study: Study) -> tuple[list[str], dict[str, dict]]:
-    """Cell means and the three effects per data size; the cells for the interaction plot."""
+    """Cell means and the three effects per stratum; the cells for the interaction plot."""
     look = study.values("test_accuracy")
     lines, cells = ["## Timing × strength (test accuracy, points)", ""], {}
-    for stratum in study.strata:
-        result = claims.factorial(look, stratum)
-        if result is None:
-            continue
-        cells[stratum] = {key: list(look(name, stratum).values()) for key, name in CELLS.items()}
-        lines += [f"### train size {stratum}", "", "| | mild | strong |", "|---|---:|---:|"]
-        for timing in ("early", "late"):
-            lines.append(f"| {timing} | " + " | ".join(
-                mean_ci(cells[stratum][(timing, s)]).text(100) for s in ("mild", "strong")) + " |")
-        lines += ["", "| effect | per-seed mean ± 95 % CI | n |", "|---|---:|---:|"]
-        for name in ("timing", "strength", "interaction"):
-            estimate = mean_ci(list(getattr(result, name).values()))
-            lines.append(f"| {name} | {estimate.text(100)} | {estimate.n} |")
-        lines.append("")
+    for design in (DESIGN3, DESIGN2):
+        for stratum in study.strata:
+            result = claims.factorial(look, stratum, design)
+            if result is None:
+                continue
+            cells[stratum] = {key: list(look(design.cells[key], stratum).values())
+                              for key in CELL_ORDER}
+            lines += [f"### {stratum} ({design.name})", "", "| | mild | strong |",
+                      "|---|---:|---:|"]
+            for timing in ("early", "late"):
+                lines.append(f"| {timing} | " + " | ".join(
+                    mean_ci(cells[stratum][(timing, s)]).text(100) for s in ("mild", "strong"))
+                    + " |")
+            lines += ["", "| effect | per-seed mean ± 95 % CI | n |", "|---|---:|---:|"]
+            for name in ("timing", "strength", "interaction"):
+                estimate = mean_ci(list(getattr(result, name).values()))
+                lines.append(f"| {name} | {estimate.text(100)} | {estimate.n} |")
+            lines.append("")
     return (lines if cells else []), cells
+
+
+def _sd(values: list[float], scale: float) -> str:
+    return f"{statistics.stdev(values) * scale:.2f}" if len(values) > 1 else "–"
 
 
 def metrics_section(study: Study) -> list[str]:
@@ -300,12 +328,57 @@ def metrics_section(study: Study) -> list[str]:
         rows = [row for row in rows if row[2]]
         if not rows:
             continue
-        lines += [f"### {description}", "", "| arm | train size | mean ± 95 % CI | n |",
-                  "|---|---|---:|---:|"]
-        lines += [f"| {arm} | {s} | {mean_ci(values).text(scale)} | {len(values)} |"
-                  for arm, s, values in rows]
+        lines += [f"### {description}", "", "| arm | stratum | mean ± 95 % CI | SD | n |",
+                  "|---|---|---:|---:|---:|"]
+        lines += [f"| {arm} | {s} | {mean_ci(values).text(scale)} | {_sd(values, scale)} | "
+                  f"{len(values)} |" for arm, s, values in rows]
         lines.append("")
     return lines
+
+
+def reference_arm(study: Study, stratum: str, wanted: list[str]) -> str | None:
+    """The arm others are compared with in `stratum`: the first of `wanted` that ran there
+    (named by its label or its value), else the first arm in sorted order."""
+    arms = sorted(study.in_stratum(stratum))
+    named = [a for w in wanted for a in arms if a == w or a.endswith(f"={w}")]
+    if named:
+        return named[0]
+    return arms[0] if len(arms) > 1 else None
+
+
+def comparisons_section(study: Study, reference: list[str]) -> list[str]:
+    """Every arm minus the reference arm, per stratum and metric, paired by seed, with Holm over
+    every row and a TOST where the metric has a margin: what a user's own sweep gets."""
+    rows = []
+    for stratum in study.strata:
+        ref = reference_arm(study, stratum, reference)
+        if ref is None:
+            continue
+        by_arm = study.in_stratum(stratum)
+        for arm in sorted(by_arm):
+            if arm == ref:
+                continue
+            for metric in COMPARED:
+                a = {r.seed: r.scalars[metric] for r in by_arm[arm] if metric in r.scalars}
+                b = {r.seed: r.scalars[metric] for r in by_arm[ref] if metric in r.scalars}
+                if a and b:
+                    rows.append((stratum, arm, ref, metric, stats.compare(a, b)))
+    if not rows:
+        return []
+    holm = stats.holm([e.p for *_, e in rows])
+    tost = stats.holm([stats.tost(e.values, claims.EQUIVALENCE_MARGIN.get(m, math.nan))
+                       for *_, m, e in rows])
+    lines = ["## Comparisons with the reference arm", "",
+             "Each arm minus the reference arm of its stratum, paired by seed; Holm over every "
+             "row; TOST against ±0.5 point where the metric has that margin.", "",
+             "| stratum | arm | reference | metric | n | difference ± 95 % CI | MDE | p | "
+             "Holm p | TOST Holm p | test |", "|---|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for (stratum, arm, ref, metric, e), hp, tp in zip(rows, holm, tost, strict=True):
+        scale = SCALES[metric]
+        lines.append(f"| {stratum} | {arm} | {ref} | {metric} | {e.n} | {e.text(scale)} | "
+                     f"{_number(e.mde * scale, 2)} | {_number(e.p, 3)} | {_number(hp, 3)} | "
+                     f"{_number(tp, 3)} | {e.method} |")
+    return lines + [""]
 
 
 def check_comparable_corruptions(runs: list[Run]) -> list[str]:
@@ -322,7 +395,7 @@ def plots_section(study: Study, rows: list[Row], cells: dict[str, dict], out: Pa
     files = []
     for stratum in study.strata:
         arms = study.in_stratum(stratum)
-        suffix = "" if len(study.strata) == 1 else f"_{stratum}"
+        suffix = "" if len(study.strata) == 1 else "_" + stratum.replace(" · ", "_")
         files += [plots.curves(arms, out, f"accuracy_curves{suffix}.png"),
                   plots.bars(arms, "generalization_gap", "generalization gap, last epoch "
                              "(points)", out, f"generalization_gap{suffix}.png"),
@@ -336,18 +409,42 @@ def plots_section(study: Study, rows: list[Row], cells: dict[str, dict], out: Pa
     return ["## Plots", ""] + [f"![{f}]({f})" for f in files]
 
 
+def _shown(path: Path) -> str:
+    """A run's path relative to the working directory when under it: reports are committed,
+    and no machine's own paths belong in them."""
+    try:
+        return str(path.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def machines_line(runs: list[Run]) -> list[str]:
+    """Which CPU kinds (summary.json's cpu_isa) produced the runs: float kernels round
+    differently on each, so a report says so when it mixes them."""
+    kinds: dict[str, int] = {}
+    for run in runs:
+        kind = str(run.summary.get("cpu_isa", "not recorded"))
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return ["Runs per CPU kind: " + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))
+            + ".", ""]
+
+
 def build_report(paths: list[Path], out: Path, arm_keys: list[str] | None = None,
-                 command: str = "") -> Path:
+                 command: str = "", stratum_keys: tuple[str, ...] = (),
+                 reference: list[str] | None = None, force: bool = False) -> Path:
+    report = out / "report.md"
+    if report.exists() and not force:
+        raise ReportError(f"{report} already exists; pass --force to replace it")
     runs = load_runs(paths)
-    study = Study.of(runs, assign_arms(runs, arm_keys))
+    study = Study.of(runs, assign_arms(runs, arm_keys, stratum_keys))
     collect(runs)
-    out.mkdir(parents=True, exist_ok=True)
     lines = ["# CutMix runner report", ""]
     if command:
         lines += [f"Made by `{command}`.", ""]
     lines += [f"{len(runs)} runs in {len({a for a, _ in study.arms})} arms (arm key: "
-              f"{', '.join(study.arm_keys) or 'none'}), train sizes: {', '.join(study.strata)}; "
+              f"{', '.join(study.arm_keys) or 'none'}), strata: {', '.join(study.strata)}; "
               "mean ± 95 % confidence interval over seeds, n = runs per arm.", ""]
+    lines += machines_line(runs)
     few = [f"{arm} ({s}): {len(rs)}" for (arm, s), rs in study.arms.items()
            if len(rs) < MIN_SEEDS]
     if few:
@@ -355,13 +452,15 @@ def build_report(paths: list[Path], out: Path, arm_keys: list[str] | None = None
     lines += check_comparable_corruptions(runs)
     rows = claims.evaluate(study.values, study.strata)
     lines += claims_section(rows) + ["", PROCEDURE]
+    lines += comparisons_section(study, reference or [])
     factorial_lines, cells = factorial_section(study)
     lines += factorial_lines + metrics_section(study)
+    out.mkdir(parents=True, exist_ok=True)
     lines += plots_section(study, rows, cells, out)
-    lines += ["", "## Runs", "", "| arm | train size | seed | run directory |",
-              "|---|---|---:|---|"]
-    lines += [f"| {r.arm} | {r.stratum} | {r.seed} | `{r.path}` |" for r in runs]
-    report = out / "report.md"
+    lines += ["", "## Runs", "", "| arm | stratum | seed | CPU | run directory |",
+              "|---|---|---:|---|---|"]
+    lines += [f"| {r.arm} | {r.stratum} | {r.seed} | {r.summary.get('cpu_isa', '–')} | "
+              f"`{_shown(r.path)}` |" for r in runs]
     report.write_text("\n".join(lines) + "\n")
     return report
 
@@ -371,13 +470,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("paths", nargs="+", type=Path, help="run or multirun directories")
     parser.add_argument("--out", type=Path, default=Path("report"),
                         help="folder for report.md and the plots (default: ./report)")
+    parser.add_argument("--force", action="store_true", help="replace an existing report.md")
     parser.add_argument("--arm-key", action="append", dest="arm_keys",
                         help="override key that defines the arms (repeatable); needed when runs "
-                             "differ in more than one key besides the seed and the data size")
+                             "differ in more than one key besides the seed and the strata")
+    parser.add_argument("--stratum-key", action="append", dest="stratum_keys", default=[],
+                        help="override key held fixed within comparisons, like the data size "
+                             f"({SIZE_KEY}, always one); repeatable, e.g. schedule")
+    parser.add_argument("--reference", action="append", default=[],
+                        help="the arm others are compared with, as its value (e.g. study_none); "
+                             "repeatable: per stratum, the first that ran; default: the first arm")
     args = parser.parse_args(argv)
     command = "cutmix-report " + " ".join(sys.argv[1:] if argv is None else argv)
+    stratum_keys = tuple(k for k in args.stratum_keys if k != SIZE_KEY)
     try:
-        report = build_report(args.paths, args.out, args.arm_keys, command)
+        report = build_report(args.paths, args.out, args.arm_keys, command, stratum_keys,
+                              args.reference, args.force)
     except (ReportError, OSError) as exc:
         print(f"cutmix-report: error: {exc}", file=sys.stderr)
         sys.exit(2)

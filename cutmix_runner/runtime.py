@@ -100,6 +100,16 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+def cpu_isa() -> str:
+    """The CPU's widest vector extension: amx, avx512, avx2 or other. Float kernels round
+    differently on each, so every summary says which one produced it."""
+    flags = cpu_flags()
+    for isa, flag in (("amx", "amx_tile"), ("avx512", "avx512f"), ("avx2", "avx2")):
+        if flag in flags:
+            return isa
+    return "other"
+
+
 def explicit_padding_pays(device: torch.device) -> bool:
     """Whether padding depthwise convs before convolving speeds up training on `device`.
 

@@ -1,5 +1,6 @@
-"""The statistics behind `cutmix-report`: intervals, paired tests, the 2 x 2 contrasts, Holm's
-adjustment and the smallest effect a design could have detected. scipy does the distributions.
+"""The statistics behind `cutmix-report`: intervals, paired tests, the 2 x 2 contrasts, the
+intersection-union test of which effect is larger, equivalence (TOST), Holm's adjustment and the
+smallest effect a design could have detected. scipy does the distributions.
 
 Runs that share `trainer.seed` share the validation split, the head's initialisation and the data
 order, so two arms are compared seed by seed: the per-seed differences remove the part of the
@@ -9,6 +10,7 @@ back to Welch's unpaired interval.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 from collections.abc import Sequence
@@ -19,7 +21,6 @@ from scipy import optimize, stats
 
 LEVEL = 0.95  # every interval in the report
 POWER = 0.80  # for the minimum detectable effect
-MIN_BOOTSTRAP_SEEDS = 4
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,9 @@ class Estimate:
     p: float = math.nan  # two-sided p-value of "the true value is 0"
     mde: float = math.nan  # smallest |effect| detectable with 80 % power at this n and spread
     method: str = ""
+    # The per-seed values the estimate is the mean of (empty for Welch and the IUT): what an
+    # equivalence test (tost) needs.
+    values: tuple[float, ...] = ()
 
     @property
     def low(self) -> float:
@@ -74,24 +78,24 @@ def min_detectable_effect(se: float, df: float, alpha: float = 1 - LEVEL,
 
 def mean_ci(values: Sequence[float]) -> Estimate:
     """Mean with a one-sample t interval and the p-value of mean 0."""
-    n = len(values)
+    n, kept = len(values), tuple(values)
     mean = statistics.fmean(values)
     if n < 2:
-        return Estimate(mean, math.nan, n, method="one run")
+        return Estimate(mean, math.nan, n, method="one run", values=kept)
     sd = statistics.stdev(values)
     se = sd / math.sqrt(n)
     if se == 0:
-        return Estimate(mean, 0.0, n, 0.0 if mean else 1.0, 0.0, "t")
+        return Estimate(mean, 0.0, n, 0.0 if mean else 1.0, 0.0, "t", kept)
     p = float(stats.ttest_1samp(values, 0.0).pvalue)
-    return Estimate(mean, t_quantile(n - 1) * se, n, p, min_detectable_effect(se, n - 1), "t")
+    return Estimate(mean, t_quantile(n - 1) * se, n, p, min_detectable_effect(se, n - 1), "t",
+                    kept)
 
 
 def paired(a: dict[int, float], b: dict[int, float]) -> Estimate:
     """mean(a - b) over the seeds both have, with a paired t interval."""
     seeds = sorted(set(a) & set(b))
     estimate = mean_ci([a[s] - b[s] for s in seeds]) if seeds else Estimate(math.nan, math.nan, 0)
-    return Estimate(estimate.mean, estimate.half_width, estimate.n, estimate.p, estimate.mde,
-                    f"paired t, {len(seeds)} common seeds")
+    return dataclasses.replace(estimate, method=f"paired t, {len(seeds)} common seeds")
 
 
 def welch(a: Sequence[float], b: Sequence[float]) -> Estimate:
@@ -141,42 +145,53 @@ def factorial_2x2(early_mild: dict[int, float], early_strong: dict[int, float],
         interaction=per_seed(lambda em, es, lm, ls: (lm - em) - (ls - es), *cells))
 
 
-def larger_magnitude(first: dict[int, float], second: dict[int, float],
-                     resamples: int = 9999, seed: int = 0) -> Estimate:
-    """|mean(first)| - |mean(second)| over common seeds, with a paired percentile bootstrap
-    interval (seeds resampled with replacement, scipy.stats.bootstrap).
+def one_sided_p(values: Sequence[float], shift: float = 0.0, greater: bool = True) -> float:
+    """p of "mean(values) > shift" (or < shift), one-sample t (scipy.stats.ttest_1samp)."""
+    if len(values) < 2:
+        return math.nan
+    diffs = [v - shift for v in values]
+    if statistics.pstdev(diffs) == 0:  # no spread: the sign of the mean decides
+        mean = statistics.fmean(diffs)
+        return 0.0 if (mean > 0 if greater else mean < 0) else 1.0
+    alternative = "greater" if greater else "less"
+    return float(stats.ttest_1samp(diffs, 0.0, alternative=alternative).pvalue)
 
-    Why not a per-seed |first_s| - |second_s|: the absolute value of a noisy per-seed effect is
-    biased upwards (|noise| > 0 even when the effect is 0), so the magnitudes are taken of the
-    means. The p-value is the bootstrap's: twice the smaller share of resamples on either side
-    of 0. With n seeds there are at most C(2n-1, n) distinct resamples (126 at n = 5), so the
-    interval is coarse, and it is a percentile interval, which undercovers at small n."""
+
+def larger_magnitude_iut(first: dict[int, float], second: dict[int, float]) -> Estimate:
+    """Whether |mean(first)| > |mean(second)|, by an intersection-union test on paired seeds.
+
+    |a| > |b| exactly when a - b and a + b are both of a's sign. With s the sign of first's
+    mean, the test rejects "no larger" when both one-sided paired t tests, s*first - second > 0
+    and s*first + second > 0, reject; its p-value is the larger of the two (Berger's IUT: each
+    test at level alpha gives a level-alpha test of the union null). Unlike a bootstrap of
+    |mean| - |mean|, its p-value can be small with five seeds. The estimate is
+    |mean(first)| - |mean(second)|; the half-width shown is that of the binding one of the two
+    paired differences (the one with the larger p)."""
     seeds = sorted(set(first) & set(second))
-    a = np.array([first[s] for s in seeds])
-    b = np.array([second[s] for s in seeds])
+    a = [first[s] for s in seeds]
+    b = [second[s] for s in seeds]
+    if len(seeds) < 2:
+        mean = abs(statistics.fmean(a)) - abs(statistics.fmean(b)) if seeds else math.nan
+        return Estimate(mean, math.nan, len(seeds), method="IUT needs >= 2 common seeds")
+    sign = 1.0 if statistics.fmean(a) >= 0 else -1.0
+    minus = [sign * x - y for x, y in zip(a, b, strict=True)]
+    plus = [sign * x + y for x, y in zip(a, b, strict=True)]
+    p_minus, p_plus = one_sided_p(minus), one_sided_p(plus)
+    binding = mean_ci(minus if p_minus >= p_plus else plus)
+    observed = abs(statistics.fmean(a)) - abs(statistics.fmean(b))
+    return Estimate(observed, binding.half_width, len(seeds), max(p_minus, p_plus), binding.mde,
+                    f"intersection-union paired t, {len(seeds)} seeds "
+                    f"(p {p_minus:.2g} for s·first − second, {p_plus:.2g} for s·first + second)")
 
-    def statistic(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
-        return np.abs(x.mean(axis=axis)) - np.abs(y.mean(axis=axis))
 
-    observed = float(statistic(a, b))
-    if len(seeds) < MIN_BOOTSTRAP_SEEDS:  # 2 seeds give 3 distinct resamples: no interval
-        return Estimate(observed, math.nan, len(seeds),
-                        method=f"bootstrap needs >= {MIN_BOOTSTRAP_SEEDS} common seeds")
-    result = stats.bootstrap((a, b), statistic, paired=True, vectorized=True,
-                             n_resamples=resamples, confidence_level=LEVEL,
-                             method="percentile", rng=np.random.default_rng(seed))
-    dist = result.bootstrap_distribution
-    # Never below the resampling's resolution: with n seeds there are C(2n - 1, n) distinct
-    # resamples, so "no resample crossed 0" means p < 1 / C(2n - 1, n), not p = 0.
-    floor = max(1 / (resamples + 1), 1 / math.comb(2 * len(seeds) - 1, len(seeds)))
-    p = min(1.0, max(2 * min(float((dist <= 0).mean()), float((dist >= 0).mean())), floor))
-    low, high = result.confidence_interval
-    # Report the interval around the observed value; percentile intervals need not be symmetric,
-    # so the half-width is the larger side (conservative for the verdict).
-    half = max(observed - float(low), float(high) - observed)
-    mde = min_detectable_effect(float(result.standard_error), len(seeds) - 1)
-    return Estimate(observed, half, len(seeds), p, mde,
-                    f"paired percentile bootstrap, {resamples} resamples, {len(seeds)} seeds")
+def tost(values: Sequence[float], margin: float) -> float:
+    """Two one-sided tests (TOST) of equivalence: a small p shows that the true mean lies inside
+    (-margin, margin). It is the larger of the one-sided p of mean > -margin and of mean <
+    margin; p < 0.05 exactly when the 90 % t interval lies inside the margins."""
+    if len(values) < 2 or not margin > 0:
+        return math.nan
+    return max(one_sided_p(values, -margin, greater=True),
+               one_sided_p(values, margin, greater=False))
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:
@@ -191,16 +206,3 @@ def holm(pvalues: Sequence[float]) -> list[float]:
         running = max(running, min(1.0, (len(order) - rank) * p))
         adjusted[i] = running
     return adjusted
-
-
-def verdict(effect: Estimate, expected_sign: int, p: float | None = None,
-            alpha: float = 1 - LEVEL) -> str:
-    """"supported" / "contradicted" when the effect is significant (by its interval, or by the
-    given adjusted p-value) in the expected / opposite direction, else "inconclusive"."""
-    if math.isnan(effect.half_width) and p is None:
-        return ("inconclusive (one run per arm)" if effect.n < 2
-                else f"inconclusive (too few seeds for an interval: n = {effect.n})")
-    significant = (p < alpha) if p is not None else (effect.low > 0 or effect.high < 0)
-    if not significant:
-        return "inconclusive"
-    return "supported" if (effect.mean > 0) == (expected_sign > 0) else "contradicted"

@@ -117,7 +117,8 @@ class StepTally:
         return float(self.loss) / max(self.images, 1)
 
     def record(self, seconds: float) -> dict[str, float]:
-        return {"train_loss": self.mean_loss(),
+        return {"train_loss": self.mean_loss(), "train_images": self.images,
+                "mixed_images": round(self.mixed_images),
                 "mixed_fraction": self.mixed_images / self.images,
                 "mean_lambda": self.lam / self.images, "images_per_second": self.images / seconds,
                 "first_step_seconds": round(self.first_step_seconds, 4)}

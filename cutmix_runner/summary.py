@@ -19,6 +19,17 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def dose(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """How many training images the regularizer changed, per stage and in all: the treatment's
+    dose, which arms that compare timing or direction must match (docs/study.md)."""
+    stages: dict[str, int] = {}
+    for record in records:
+        stages[record["stage"]] = stages.get(record["stage"], 0) + record.get("mixed_images", 0)
+    seen = sum(record.get("train_images", 0) for record in records)
+    return {"mixed_images": sum(stages.values()), "mixed_images_per_stage": stages,
+            "train_images": seen}
+
+
 def finish(run: Run) -> dict[str, Any]:
     """Score the test set once, with the best-validation weights, and write summary.json."""
     data, evaluator, best_epoch = run.data, run.evaluator, run.progress.best
@@ -33,9 +44,11 @@ def finish(run: Run) -> dict[str, Any]:
     summary = {
         **evaluator.test_summary(data, best, final, val_logits),
         "best": best_epoch, "stages": run.progress.finished_stages,
+        "dose": dose(run.progress.records),
         "train_size": len(data.train_x), "val_size": len(data.val_x),
         "test_size": len(data.test_x), "image_size": evaluator.preprocess.image_size,
         "device": str(run.runtime.device), "device_name": run.runtime.device_name,
+        "cpu_isa": runtime.cpu_isa(),
         "precision": run.runtime.precision, **run.runtime.forward_only_precisions(),
         "threads": torch.get_num_threads(), "processes": run.runtime.world.size,
         "total_seconds": round(time.perf_counter() - run.started, 2),

@@ -26,10 +26,11 @@ OVERRIDES = ("experiment=smoke", "trainer.progress=false", "trainer.num_threads=
 # Machine facts, not results; and the reliability bins, too fine to compare across CPUs (a bin
 # that holds a few images moves wholesale when one of them crosses a bin edge).
 IGNORED = {"images_per_second", "seconds", "first_step_seconds", "total_seconds", "device_name",
-           "threads", "versions",
+           "threads", "versions", "cpu_isa",
            "reliability"}
 # Pure functions of the config and the seeded generators: no float kernel is involved.
-EXACT = {"stage", "stage_index", "epoch", "global_epoch", "stage_end", "regularizer", "reg_prob",
+EXACT = {"stage", "stage_index", "epoch", "global_epoch", "stage_end", "regularizer", "reg_mode",
+         "reg_prob", "train_images", "mixed_images", "dose",
          "reg_min_area", "reg_max_area", "mixed_fraction", "mean_lambda", "lr_start", "lr_end",
          "stages", "name", "epochs", "ended_by", "train_size", "val_size", "test_size",
          "image_size", "test_protocol", "device", "precision", "eval_precision",

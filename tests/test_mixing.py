@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -225,3 +227,62 @@ def test_label_smoothing_is_explicit() -> None:
     assert torch.equal(smooth(t, 0.0), t)
     s = smooth(t, 0.1)
     assert s.sum(-1).allclose(torch.ones(2)) and s[0, 1].item() == pytest.approx(0.925)
+
+
+# ---------------------------------------------------------------- mode=elem (per image)
+
+
+@pytest.mark.parametrize("batch", [1, 2, 7, 33])
+def test_elem_cutmix_gives_each_image_its_own_box_and_lambda(batch: int) -> None:
+    """Each image's own-label weight is exactly the share of its own pixels left, whatever its
+    partner; a batch of 1 is its own partner and is never changed."""
+    mixer = CutMix(num_classes=batch + 1, prob=0.5, min_area=0.05, max_area=0.6, seed=batch,
+                   mode="elem")
+    x = _images(batch, size=20)
+    labels = torch.arange(batch)
+    most_areas_in_a_batch = 0
+    for _ in range(40):
+        out = mixer(x, labels)
+        pasted = (out.images[:, 0] != x[:, 0]).flatten(1).float().mean(1)
+        assert out.targets.sum(-1).allclose(torch.ones(batch))
+        assert out.targets[torch.arange(batch), labels].allclose(1 - pasted, atol=1e-6)
+        assert out.mixed_fraction == pytest.approx((pasted > 0).float().mean().item())
+        areas = {round(a, 4) for a in pasted.tolist() if a > 0}
+        most_areas_in_a_batch = max(most_areas_in_a_batch, len(areas))
+    # Boxes differ from image to image within a batch (batch mode pastes one box into all).
+    assert most_areas_in_a_batch == 0 if batch == 1 else most_areas_in_a_batch >= min(batch, 3)
+
+
+@pytest.mark.parametrize("kind", ["cutmix", "mixup"])
+def test_elem_mode_mixes_a_share_prob_of_the_images(kind: str) -> None:
+    """Over many images the mixed share is about prob (binomial, 4 standard errors), for odd
+    batch sizes too, while batch mode mixes all or none of a batch."""
+    from cutmix_runner.mixing import MixUp
+
+    def build(mode: str):
+        if kind == "cutmix":  # a minimum area: every mixed image is visibly changed
+            return CutMix(num_classes=8, prob=0.3, min_area=0.1, max_area=0.3, seed=5, mode=mode)
+        return MixUp(num_classes=8, prob=0.3, alpha=1.0, seed=5, mode=mode)
+
+    x, labels = _images(7, size=12), torch.arange(7)
+    elem, batch = build("elem"), build("batch")
+    # Each image is its own partner with chance 1/7; it is then left whole. prob * 6/7 remains.
+    changed = [elem(x, labels).mixed_fraction for _ in range(600)]
+    expected = 0.3 * 6 / 7
+    se = math.sqrt(expected * (1 - expected) / (600 * 7))
+    assert abs(sum(changed) / len(changed) - expected) < 4 * se
+    # One coin per batch leaves about 1 - prob of the batches whole; one per image, about
+    # (1 - prob * 6/7) ** 7 = 0.17 of them.
+    untouched_batches = sum(batch(x, labels).mixed_fraction == 0 for _ in range(600)) / 600
+    assert untouched_batches > 0.6 and sum(f == 0 for f in changed) / len(changed) < 0.3
+
+
+def test_elem_mode_is_refused_where_it_has_no_meaning() -> None:
+    from cutmix_runner.config import ConfigError, validate
+
+    cfg = {"schedule": {"stages": {"a": {"regularizer": {
+        "name": "random_erasing", "mode": "elem", "prob": 0.5}}}}}
+    with pytest.raises(ConfigError, match="mode: elem works with none, cutmix, mixup"):
+        validate(cfg)
+    with pytest.raises(ValueError, match="mode must be one of batch, elem"):
+        CutMix(num_classes=3, mode="pair")

@@ -38,8 +38,7 @@ def test_welch_difference_matches_a_known_example() -> None:
     # se = sqrt(4/3 + 1/3); Welch df = 50/17 = 2.941 and t(0.975, 50/17) = 3.2188.
     assert est.mean == 10.0
     assert est.half_width == pytest.approx(3.2188 * math.sqrt(5 / 3), rel=1e-4)
-    assert stats.verdict(est, +1) == "supported" and stats.verdict(est, -1) == "contradicted"
-    assert stats.verdict(stats.welch([1.0, 2.0, 3.0], [1.5, 2.5, 2.0]), +1) == "inconclusive"
+    assert est.p < 0.05 and stats.welch([1.0, 2.0, 3.0], [1.5, 2.5, 2.0]).p > 0.05
 
 
 def test_factorial_effects_and_interaction_on_a_known_design() -> None:
@@ -57,20 +56,6 @@ def test_factorial_effects_and_interaction_on_a_known_design() -> None:
     assert result.interaction == pytest.approx(dict.fromkeys(seeds, 2.0))
 
 
-def test_larger_magnitude_bootstrap_decides_clear_cases_only() -> None:
-    timing = {0: 5.0, 1: 4.0, 2: 6.0, 3: 5.5, 4: 4.5}
-    strength = {0: -1.0, 1: 0.5, 2: -0.5, 3: 0.0, 4: -1.0}
-    clear = stats.larger_magnitude(timing, strength)
-    assert clear.mean == pytest.approx(5.0 - 0.4) and clear.low > 0 and clear.p < 0.05
-    assert stats.larger_magnitude(timing, strength) == clear  # seeded: reproducible
-    # Sign does not matter, only magnitude: a strongly negative effect is "larger" too.
-    negative = stats.larger_magnitude({k: -v for k, v in timing.items()}, strength)
-    assert negative.mean == pytest.approx(clear.mean)
-    close = stats.larger_magnitude({0: 1.0, 1: -0.5, 2: 0.8, 3: 0.2, 4: -0.1},
-                                   {0: 0.5, 1: 0.2, 2: -0.3, 3: 0.9, 4: 0.1})
-    assert close.low < 0 < close.high and stats.verdict(close, +1) == "inconclusive"
-
-
 def test_holm_matches_a_textbook_example() -> None:
     # p = (0.01, 0.04, 0.03, 0.005), m = 4: sorted 0.005 x 4 = 0.02, 0.01 x 3 = 0.03,
     # 0.03 x 2 = 0.06, 0.04 x 1 = 0.04 -> kept monotone: 0.06.
@@ -78,8 +63,6 @@ def test_holm_matches_a_textbook_example() -> None:
     adjusted = stats.holm([0.2, math.nan, 0.9])  # nan is neither adjusted nor counted
     assert adjusted[0] == pytest.approx(0.4) and math.isnan(adjusted[1])
     assert adjusted[2] == pytest.approx(0.9)
-    assert stats.verdict(stats.Estimate(1.0, 0.5, 5), +1, p=0.06) == "inconclusive"
-    assert stats.verdict(stats.Estimate(1.0, 0.5, 5), +1, p=0.01) == "supported"
 
 
 def test_minimum_detectable_effect() -> None:
@@ -95,11 +78,31 @@ def test_minimum_detectable_effect() -> None:
     assert stats.min_detectable_effect(1e6, 4) == pytest.approx(3.761e6, rel=1e-3)
 
 
-def test_larger_magnitude_needs_four_seeds_and_never_reports_p_zero() -> None:
-    few = stats.larger_magnitude({0: 5.0, 1: 4.0}, {0: 0.1, 1: -0.2})
-    assert math.isnan(few.half_width) and stats.verdict(few, +1).startswith("inconclusive")
-    sure = stats.larger_magnitude({s: 5.0 + s / 10 for s in range(5)},
-                                  {s: 0.1 * (-1) ** s for s in range(5)}, resamples=999)
-    # No resample crossed 0, but 5 seeds have only C(9, 5) = 126 distinct resamples: p is
-    # floored at 1/126, not reported as 0 (nor as 1/1000).
-    assert sure.p == pytest.approx(1 / 126)
+def _one_sided_p_2df(t: float) -> float:
+    """P(T > t) for Student's t on 2 df, in closed form (t > 0)."""
+    return (1 - t / math.sqrt(2 + t * t)) / 2
+
+
+def test_intersection_union_test_matches_a_hand_computed_example() -> None:
+    first, second = {0: 4.0, 1: 5.0, 2: 6.0}, {0: 1.0, 1: 3.0, 2: 2.0}
+    # first is positive: first - second = (3, 2, 4), t = 3 / (1 / sqrt 3) = 3 sqrt 3;
+    # first + second = (5, 8, 8), t = 7 / (sqrt 3 / sqrt 3) = 7. The IUT's p is the larger one.
+    est = stats.larger_magnitude_iut(first, second)
+    assert est.mean == pytest.approx(5 - 2)
+    assert est.p == pytest.approx(_one_sided_p_2df(3 * math.sqrt(3)), rel=1e-6)
+    assert est.p > _one_sided_p_2df(7.0)
+    # A negative first is judged by its magnitude: the mirror image gives the same p.
+    mirrored = stats.larger_magnitude_iut({k: -v for k, v in first.items()}, second)
+    assert mirrored.p == pytest.approx(est.p) and mirrored.mean == pytest.approx(est.mean)
+    # The other way round, the smaller magnitude cannot be shown larger.
+    assert stats.larger_magnitude_iut(second, first).p > 0.5
+
+
+def test_tost_matches_a_hand_computed_example() -> None:
+    # mean 0.2, sd 0.1, se 0.1 / sqrt 3: against +0.5, t = -0.3 / se = -3 sqrt 3 (binding);
+    # against -0.5, t = 0.7 / se = 7 sqrt 3.
+    p = stats.tost([0.1, 0.2, 0.3], 0.5)
+    assert p == pytest.approx(_one_sided_p_2df(3 * math.sqrt(3)), rel=1e-6)
+    # A margin at the mean itself: t = 0 against it, p = 1/2, not shown equivalent.
+    assert stats.tost([0.1, 0.2, 0.3], 0.2) == pytest.approx(0.5)
+    assert math.isnan(stats.tost([0.1], 0.5))

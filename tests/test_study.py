@@ -1,0 +1,165 @@
+"""The third study's design (docs/study.md): its presets differ from their reference only where
+intended, doses are matched where the design says so, each seed draws its own data, and every
+run counts the images it mixed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from cutmix_runner.config import DataConfig, expected_dose, validate
+from cutmix_runner.data import build_splits
+from cutmix_runner.summary import dose
+from tests.helpers import SMOKE, compose, train_in_process
+
+
+def _leaves(tree: object, prefix: str = "") -> dict[str, object]:
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items()
+                for k, v in _leaves(sub, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): tree}
+
+
+def _config(preset: str, *overrides: str) -> dict[str, object]:
+    return _leaves(OmegaConf.to_container(compose(f"experiment={preset}", *overrides),
+                                          resolve=True))
+
+
+def _differences(preset: str, reference: str = "study_none") -> dict[str, object]:
+    arm, ref = _config(preset, "trainer.seed=3"), _config(reference, "trainer.seed=3")
+    assert arm.keys() == ref.keys()
+    return {k: arm[k] for k in arm if arm[k] != ref[k]}
+
+
+def _regularizer(stage: str, **values: object) -> dict[str, object]:
+    """The keys of `stage`'s regularizer that a study arm sets against study_none's `none`."""
+    return {f"schedule.stages.{stage}.regularizer.{k}": v for k, v in values.items()}
+
+
+CUTMIX = {"name": "cutmix", "mode": "elem"}
+MILD = {**CUTMIX, "prob": 0.2, "max_area": 0.2}
+STRONG = {**CUTMIX, "prob": 0.8}  # max_area 1.0 is the schema's default, as in study_none
+DIRECTION = {**CUTMIX, "max_area": 0.3}
+MIXUP = {"name": "mixup", "mode": "elem", "mixup_alpha": 1.0}
+FROZEN = {"schedule.stages.adapt.unfreeze_blocks": 1, "schedule.stages.late.unfreeze_blocks": 1}
+
+
+def _stages(values: dict[str, object], probs: dict[str, float]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for stage, prob in probs.items():
+        out.update(_regularizer(stage, **{**values, "prob": prob}))
+    return {k: v for k, v in out.items() if not (k.endswith(".prob") and v == 0.0)}
+
+
+INCREASING = _stages(DIRECTION, {"head": 0.0, "adapt": 0.2, "late": 0.4})
+ARMS = {
+    "study_early_mild": _stages(MILD, {"head": 0.2, "adapt": 0.2}),
+    "study_early_strong": _stages(STRONG, {"head": 0.8, "adapt": 0.8}),
+    "study_late_mild": _stages(MILD, {"late": 0.2}),
+    "study_late_strong": _stages(STRONG, {"late": 0.8}),
+    "study_increasing": INCREASING,
+    "study_constant": _stages(DIRECTION, {"head": 0.25, "adapt": 0.25, "late": 0.25}),
+    "study_decreasing": _stages(DIRECTION, {"head": 0.4, "adapt": 0.4, "late": 0.1}),
+    "study_frozen_none": FROZEN,
+    "study_frozen_increasing": {**INCREASING, **FROZEN},
+    "study_mixup_increasing": _stages(MIXUP, {"head": 0.0, "adapt": 0.2, "late": 0.4}),
+}
+
+
+@pytest.mark.parametrize(("preset", "expected"), ARMS.items())
+def test_study_arms_differ_from_the_unmixed_arm_only_in_intended_keys(
+        preset: str, expected: dict[str, object]) -> None:
+    assert _differences(preset) == expected
+
+
+def test_the_unmixed_arm_is_the_staged_recipe_without_mixing_and_with_fixed_stage_lengths() -> None:
+    expected = {
+        "data.split_seed": 3, "trainer.flip_subset": 2000, "trainer.test_flip": False,
+        "schedule.name": "study_short", "schedule.stages.head.patience": 0,
+        "schedule.stages.head.min_delta": 0.0,
+        **_regularizer("adapt", name="none", prob=0.0, min_area=0.0, max_area=1.0),
+        **_regularizer("late", name="none", prob=0.0, max_area=1.0)}
+    assert _differences("study_none", "cutmix_staged") == expected
+
+
+def test_the_long_regime_triples_every_stage() -> None:
+    short = validate(compose("experiment=study_none")).schedule.stages
+    long = validate(compose("experiment=study_none", "schedule=study_long")).schedule.stages
+    assert {k: 3 * s.epochs for k, s in short.items()} == {k: s.epochs for k, s in long.items()}
+
+
+@pytest.mark.parametrize("regime", ["study_short", "study_long"])
+def test_arms_compared_on_timing_or_direction_have_equal_expected_doses(regime: str) -> None:
+    def dose_of(preset: str) -> float:
+        return expected_dose(validate(compose(f"experiment={preset}",
+                                              f"schedule={regime}")).schedule)
+
+    scale = 3 if regime == "study_long" else 1
+    for strength, per_stage in (("mild", 0.2), ("strong", 0.8)):
+        early, late = dose_of(f"study_early_{strength}"), dose_of(f"study_late_{strength}")
+        assert early == pytest.approx(late) == pytest.approx(2 * per_stage * scale)
+    direction = [dose_of(f"study_{d}") for d in ("increasing", "constant", "decreasing")]
+    assert direction == pytest.approx([1.0 * scale] * 3)
+    assert dose_of("study_mixup_increasing") == pytest.approx(direction[0])
+    assert dose_of("study_none") == 0
+
+
+def test_the_training_subset_and_validation_split_follow_the_seed(cifar_folder: Path) -> None:
+    def draw(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        run = validate(compose("experiment=study_none", f"trainer.seed={seed}"))
+        assert run.data.split_seed == seed
+        cfg = DataConfig(root=str(cifar_folder), val_size=20, train_subset=30,
+                         split_seed=run.data.split_seed)
+        splits = build_splits(cfg)
+        return splits.train_x, splits.val_x
+
+    (train0, val0), (train0_again, _), (train1, val1) = draw(0), draw(0), draw(1)
+    assert torch.equal(train0, train0_again)
+    assert not torch.equal(train0, train1) and not torch.equal(val0, val1)
+
+
+def test_dose_adds_up_mixed_images_per_stage() -> None:
+    records = [{"stage": "head", "train_images": 100, "mixed_images": 0},
+               {"stage": "adapt", "train_images": 100, "mixed_images": 17},
+               {"stage": "late", "train_images": 100, "mixed_images": 41},
+               {"stage": "late", "train_images": 100, "mixed_images": 38}]
+    assert dose(records) == {"mixed_images": 96, "train_images": 400,
+                             "mixed_images_per_stage": {"head": 0, "adapt": 17, "late": 79}}
+
+
+def test_a_run_records_the_images_it_mixed(tmp_path: Path) -> None:
+    """Per epoch and in the summary; with mode=elem about prob of the images of each epoch."""
+    summary = train_in_process(tmp_path / "run", *SMOKE, "trainer.num_threads=1",
+                               "schedule.stages.late.regularizer.mode=elem",
+                               "schedule.stages.late.regularizer.prob=0.5")
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    late = [r for r in records if r["stage"] == "late"]
+    assert summary["dose"]["mixed_images"] == sum(r["mixed_images"] for r in records)
+    assert summary["dose"]["mixed_images_per_stage"]["late"] == sum(
+        r["mixed_images"] for r in late)
+    assert summary["dose"]["train_images"] == sum(r["train_images"] for r in records)
+    images = sum(r["train_images"] for r in late)
+    # Binomial(images, 0.5 * (1 - 1/32)) within 4 standard errors (a batch of 32 has its own
+    # images as partners with chance 1/32 each, and those stay whole).
+    p = 0.5 * (1 - 1 / 32)
+    assert abs(summary["dose"]["mixed_images_per_stage"]["late"] - p * images) < 4 * (
+        images * p * (1 - p)) ** 0.5
+
+
+@pytest.mark.parametrize(("preset", "expected"), [
+    ("default_no_mixing", {**_regularizer("adapt", name="none", prob=0.0),
+                           **_regularizer("late", name="none", prob=0.0)}),
+    ("default_mixing_off_last", {"schedule.stages.late.regularizer.ramp.kind": "step",
+                                 "schedule.stages.late.regularizer.ramp.at": [2],
+                                 "schedule.stages.late.regularizer.ramp.prob_steps": [0.0]}),
+])
+def test_full_data_arms_differ_from_the_default_run_only_in_mixing(
+        preset: str, expected: dict[str, object]) -> None:
+    assert _differences(preset, "default_run") == expected
+    late = validate(compose(f"experiment={preset}")).schedule.stages["late"].regularizer
+    if preset == "default_mixing_off_last":  # on in the late stage's first epoch, off in its last
+        assert [late.values_at(e, 2)[0] for e in range(2)] == [0.3, 0.0]
