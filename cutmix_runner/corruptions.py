@@ -6,8 +6,11 @@ corruption, severity, index in the test set), so an image is corrupted the same 
 batch or `--limit` it comes in. The parameters are those of the reference script `make_cifar_c.py`;
 the README's table lists them. As in that script, results are truncated to uint8.
 
-Severity 0 is the identity. 14 of the 15 benchmark corruptions are here; `frost` is not, as it
-blends in photographs of frost that the reference ships as image files. `motion_blur` (and the
+Severity 0 is the identity. All 15 benchmark corruptions are here; `frost` blends in the
+reference's photographs of frost, which this package does not ship: it reads them from the
+`imagecorruptions` package's data files (the `robustness` extra; its code is never imported, so
+its OpenCV dependency is not needed). Without them, `frost` is unavailable and "all" means the
+other 14. `motion_blur` (and the
 motion streaks of `snow`) re-implement ImageMagick's MotionBlurImage kernel (a one-sided
 Gaussian along a random direction) instead of calling ImageMagick, so they match the reference
 in kind and strength, not bit for bit.
@@ -15,8 +18,11 @@ in kind and strength, not bit for bit.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import io
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 from matplotlib.colors import hsv_to_rgb, rgb_to_hsv
@@ -47,7 +53,17 @@ PARAMS: dict[str, list] = {
     #                                                                 affine jitter
     "pixelate": [0.95, 0.9, 0.85, 0.75, 0.65],  # downscale factor (box filter both ways)
     "jpeg_compression": [80, 65, 58, 50, 40],  # JPEG quality
+    "frost": [(1, 0.2), (1, 0.3), (0.9, 0.4), (0.85, 0.4), (0.75, 0.45)],  # image, frost weight
 }
+# The reference's frost photographs, scaled by 0.2 for 32 x 32 images; it draws among the first
+# five (np.random.randint(5)), as here.
+FROST_FILES = ("frost1.png", "frost2.png", "frost3.png", "frost4.jpg", "frost5.jpg")
+FROST_SCALE = 0.2
+FROST_HINT = "pip install 'cutmix-runner[robustness]' (the imagecorruptions package's frost images)"
+
+
+class FrostUnavailable(LookupError):
+    """The frost photographs are not installed."""
 
 
 def _gaussian(x: Batch, sigma: float, mode: str = "nearest", truncate: float = 4.0) -> Batch:
@@ -295,14 +311,57 @@ def jpeg_compression(x: Batch, severity: int, rngs: Generators) -> Batch:
     return _per_image(x, lambda im: _jpeg(im, quality))
 
 
-# name -> corruption, in the benchmark's order; `cutmix-eval --corruptions` takes these names.
+def frost_folder() -> Path | None:
+    """Where the imagecorruptions package keeps its frost photographs, found without importing
+    it (its __init__ imports OpenCV)."""
+    spec = importlib.util.find_spec("imagecorruptions")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(list(spec.submodule_search_locations)[0]) / "frost"
+    return folder if all((folder / f).exists() for f in FROST_FILES) else None
+
+
+@functools.cache
+def frost_layers() -> tuple[np.ndarray, ...]:
+    """The frost photographs as RGB floats in [0, 1], scaled as the reference does."""
+    folder = frost_folder()
+    if folder is None:
+        raise FrostUnavailable(f"the frost corruption needs its photographs: {FROST_HINT}")
+    layers = []
+    for name in FROST_FILES:
+        with Image.open(folder / name) as image:
+            rgb = image.convert("RGB")
+            size = (round(rgb.width * FROST_SCALE), round(rgb.height * FROST_SCALE))
+            layers.append(np.asarray(rgb.resize(size, Image.BILINEAR), dtype=np.float64) / 255)
+    return tuple(layers)
+
+
+def frost(x: Batch, severity: int, rngs: Generators) -> Batch:
+    keep, weight = PARAMS["frost"][severity - 1]
+    layers, (h, w) = frost_layers(), x.shape[1:3]
+    out = np.empty_like(x)
+    for i, rng in enumerate(rngs):  # a photograph and a crop of it per image
+        layer = layers[int(rng.integers(len(layers)))]
+        top = int(rng.integers(0, layer.shape[0] - h))
+        left = int(rng.integers(0, layer.shape[1] - w))
+        out[i] = keep * x[i] + weight * layer[top:top + h, left:left + w]
+    return out
+
+
+# name -> corruption, in the benchmark's order, except `frost`, last so that the other 14 keep
+# their seeds; `cutmix-eval --corruptions` takes these names.
 CORRUPTIONS: dict[str, Corruption] = {
     "gaussian_noise": gaussian_noise, "shot_noise": shot_noise, "impulse_noise": impulse_noise,
     "defocus_blur": defocus_blur, "glass_blur": glass_blur, "motion_blur": motion_blur,
     "zoom_blur": zoom_blur, "snow": snow, "fog": fog, "brightness": brightness,
     "contrast": contrast, "elastic_transform": elastic_transform, "pixelate": pixelate,
-    "jpeg_compression": jpeg_compression,
+    "jpeg_compression": jpeg_compression, "frost": frost,
 }
+
+
+def available() -> list[str]:
+    """The corruptions this installation can generate: all, or all but frost."""
+    return [n for n in CORRUPTIONS if n != "frost" or frost_folder() is not None]
 
 
 def corrupt(images: np.ndarray, name: str, severity: int, seed: int = 0,

@@ -85,7 +85,8 @@ def eval_settings(run: Run) -> tuple | None:
         return None
     measured = tuple(sorted((name, tuple(sorted(per))) for name, per in
                             run.eval.get("accuracy", {}).items()))
-    return run.eval.get("images"), run.eval.get("seed"), measured
+    return (run.eval.get("images"), run.eval.get("seed"), measured,
+            run.eval.get("corruptions_from", "generated"))
 
 
 def load_runs(paths: list[Path]) -> list[Run]:

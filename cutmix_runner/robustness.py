@@ -1,5 +1,7 @@
 """`cutmix-eval RUN_DIR`: accuracy of a trained run on the clean test set and under the
-CIFAR-10-C corruptions (corruptions.py), each at severities 1-5.
+CIFAR-10-C corruptions, each at severities 1-5: generated here (corruptions.py, seeded), or read
+from the released CIFAR-10-C files with `--cifar10c DIR` (Hendrycks & Dietterich's .npy files:
+NAME.npy holds the 10,000 test images at severity 1, then 2, ... 5, and labels.npy their labels).
 
 Writes to `--out` (default RUN_DIR/eval/): `eval.json` (clean accuracy, accuracy per corruption
 and severity, the mean corruption accuracy, and with `--reference RUN_DIR` the corruption error
@@ -14,6 +16,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +25,55 @@ import torch
 
 from cutmix_runner.artifacts import atomic_write_json
 from cutmix_runner.checkpoint import run_directory
-from cutmix_runner.corruptions import CORRUPTIONS, PARAMS, corrupt
+from cutmix_runner.corruptions import CORRUPTIONS, FROST_HINT, PARAMS, available, corrupt
 from cutmix_runner.errors import UserError, one_line_errors
 from cutmix_runner.inference import TrainedModel, load_test_set, load_trained
 
 EVAL_FILE = Path("eval") / "eval.json"
 CHUNK = 2000  # images corrupted at a time: bounds memory, not results (see corruptions.corrupt)
+RELEASED_PER_SEVERITY = 10_000  # a CIFAR-10-C file: the whole test set at each severity in turn
+# (name, severity, first, stop) -> uint8 (N, 3, H, W): test images first..stop-1, corrupted.
+Source = Callable[[str, int, int, int], np.ndarray]
+
+
+def generated(pixels: np.ndarray, seed: int) -> Source:
+    """Corruptions computed here, each image from its own seeded generator."""
+    def source(name: str, severity: int, first: int, stop: int) -> np.ndarray:
+        return corrupt(pixels[first:stop], name, severity, seed, first_index=first)
+    return source
+
+
+def check_released_files(folder: Path, names: list[str]) -> None:
+    """Every file the evaluation will read is in `folder` (before anything is written)."""
+    missing = [f"{n}.npy" for n in [*names, "labels"] if not (folder / f"{n}.npy").exists()]
+    if not folder.is_dir() or missing:
+        raise UserError(f"--cifar10c {folder}: no {', '.join(missing)}; give the folder of the "
+                        "released CIFAR-10-C .npy files, or choose --corruptions among those it "
+                        "holds")
+
+
+def released(folder: Path, names: list[str], labels: torch.Tensor) -> Source:
+    """The released CIFAR-10-C files in `folder`, memory-mapped; checked before any compute:
+    of the expected shape, with labels that are the test set's."""
+    try:
+        released_labels = np.load(folder / "labels.npy", mmap_mode="r")
+        arrays = {n: np.load(folder / f"{n}.npy", mmap_mode="r") for n in names}
+    except ValueError as exc:
+        raise UserError(f"--cifar10c {folder}: unreadable .npy file ({exc})") from None
+    expected = (5 * RELEASED_PER_SEVERITY, 32, 32, 3)
+    wrong = [f"{n}.npy {a.shape}" for n, a in arrays.items() if a.shape != expected]
+    if wrong:
+        raise UserError(f"--cifar10c {folder}: expected arrays of shape {expected}, got "
+                        f"{', '.join(wrong)}")
+    if not np.array_equal(np.asarray(released_labels[:len(labels)]), labels.numpy()):
+        raise UserError(f"--cifar10c {folder}: labels.npy does not match this run's test "
+                        "labels; is it CIFAR-10-C (not CIFAR-100-C)?")
+
+    def source(name: str, severity: int, first: int, stop: int) -> np.ndarray:
+        offset = (severity - 1) * RELEASED_PER_SEVERITY
+        chunk = arrays[name][offset + first:offset + stop]
+        return np.ascontiguousarray(chunk.transpose(0, 3, 1, 2))
+    return source
 
 
 def accuracy(trained: TrainedModel, images: torch.Tensor, labels: torch.Tensor,
@@ -36,27 +82,29 @@ def accuracy(trained: TrainedModel, images: torch.Tensor, labels: torch.Tensor,
     return (logits.argmax(-1) == labels).float().mean().item()
 
 
-def corrupted_accuracy(trained: TrainedModel, pixels: np.ndarray, labels: torch.Tensor,
-                       name: str, severity: int, seed: int, batch_size: int) -> float:
+def corrupted_accuracy(trained: TrainedModel, source: Source, labels: torch.Tensor,
+                       name: str, severity: int, batch_size: int) -> float:
     right = 0.0
-    for start in range(0, len(pixels), CHUNK):
-        chunk = corrupt(pixels[start:start + CHUNK], name, severity, seed, first_index=start)
+    for start in range(0, len(labels), CHUNK):
         part = labels[start:start + CHUNK]
+        chunk = source(name, severity, start, start + len(part))
         right += accuracy(trained, torch.from_numpy(chunk), part, batch_size) * len(part)
-    return right / len(pixels)
+    return right / len(labels)
 
 
 def evaluate_corruptions(trained: TrainedModel, images: torch.Tensor, labels: torch.Tensor,
                          names: list[str], severities: list[int], seed: int = 0,
-                         batch_size: int = 500, log: bool = False) -> dict[str, Any]:
-    """Clean accuracy and accuracy[name][severity] (single view, the best checkpoint)."""
+                         batch_size: int = 500, log: bool = False,
+                         source: Source | None = None) -> dict[str, Any]:
+    """Clean accuracy and accuracy[name][severity] (single view, the best checkpoint), on
+    corruptions generated with `seed` unless a `source` (released files) is given."""
     result: dict[str, Any] = {"clean_accuracy": accuracy(trained, images, labels, batch_size),
                               "accuracy": {}}
-    pixels = images.numpy()
+    source = source or generated(images.numpy(), seed)
     for name in names:
         start = time.perf_counter()
         result["accuracy"][name] = {
-            str(s): corrupted_accuracy(trained, pixels, labels, name, s, seed, batch_size)
+            str(s): corrupted_accuracy(trained, source, labels, name, s, batch_size)
             for s in severities}
         if log:
             print(f"cutmix-eval: {name}: " + ", ".join(
@@ -138,7 +186,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="cutmix-eval", description="Accuracy of a trained run under CIFAR-10-C corruptions.")
     parser.add_argument("run", type=Path, help="run directory (its best checkpoint)")
     parser.add_argument("--corruptions", default="all",
-                        help=f"comma-separated names or 'all' ({', '.join(CORRUPTIONS)})")
+                        help=f"comma-separated names or 'all' ({', '.join(CORRUPTIONS)}; "
+                             "frost needs the robustness extra)")
+    parser.add_argument("--cifar10c", type=Path, metavar="DIR",
+                        help="read the released CIFAR-10-C .npy files in DIR instead of "
+                             "generating the corruptions")
     parser.add_argument("--severities", default="1-5", help="e.g. 1-5 (default), 3, 1,3,5")
     parser.add_argument("--out", type=Path, help="default: RUN_DIR/eval")
     parser.add_argument("--reference", type=Path, help="a run with eval/eval.json: adds mCE")
@@ -155,11 +207,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _choices(args: argparse.Namespace) -> tuple[list[str], list[int]]:
-    names = list(CORRUPTIONS) if args.corruptions == "all" else args.corruptions.split(",")
+    """The corruptions and severities asked for. "all" is every corruption the source has: the
+    released files in --cifar10c, else those this installation can generate."""
+    if args.corruptions == "all":
+        names = list(CORRUPTIONS)
+        if args.cifar10c is None:
+            names = available()
+            if "frost" not in names:
+                print(f"cutmix-eval: frost left out; for it, {FROST_HINT}", file=sys.stderr)
+        elif args.cifar10c.is_dir():
+            names = [n for n in CORRUPTIONS if (args.cifar10c / f"{n}.npy").exists()]
+    else:
+        names = args.corruptions.split(",")
     unknown = [n for n in names if n not in CORRUPTIONS]
     if unknown:
         raise UserError(f"--corruptions: unknown {', '.join(unknown)}; choose from "
                         f"{', '.join(CORRUPTIONS)} or all")
+    if args.cifar10c is not None:
+        check_released_files(args.cifar10c, names)
+    elif "frost" in names and "frost" not in available():
+        raise UserError(f"--corruptions frost: its photographs are not installed; {FROST_HINT}")
     try:
         return names, parse_severities(args.severities)
     except ValueError:
@@ -186,10 +253,13 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     images, labels = load_test_set(trained, args.run, args.data_root)
     if args.limit:
         images, labels = images[:args.limit], labels[:args.limit]
+    files = None if args.cifar10c is None else released(args.cifar10c, names, labels)
     result = {"source": str(trained.source), "images": len(labels), "seed": args.seed,
-              "protocol": "single view", "parameters": {n: PARAMS[n] for n in names},
+              "protocol": "single view",
+              "corruptions_from": "generated" if files is None else "CIFAR-10-C files",
+              "parameters": {n: PARAMS[n] for n in names},
               **evaluate_corruptions(trained, images, labels, names, severities, args.seed,
-                                     args.batch_size, log=True)}
+                                     args.batch_size, log=True, source=files)}
     if reference is not None:
         result.update(reference=str(args.reference), **corruption_errors(result, reference))
     atomic_write_json(out / "eval.json", result)

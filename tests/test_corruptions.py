@@ -13,10 +13,33 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cutmix_runner.corruptions import CORRUPTIONS, PARAMS, corrupt
+from PIL import Image
+
+from cutmix_runner import corruptions
+from cutmix_runner.corruptions import CORRUPTIONS, FROST_FILES, PARAMS, corrupt
 from cutmix_runner.inference import load_test_set, load_trained
 from cutmix_runner.robustness import corruption_errors, evaluate_corruptions, parse_severities
 from tests.helpers import ROOT
+
+FROST_GREY = 200  # the fake frost photographs: this grey in green and blue, red a gradient
+
+
+@pytest.fixture(autouse=True)
+def fake_frost(tmp_path_factory: pytest.TempPathFactory,
+               monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Frost photographs of our own, so that frost runs whether or not the robustness extra is
+    installed, and the same everywhere."""
+    folder = tmp_path_factory.getbasetemp() / "frost"
+    if not folder.exists():
+        folder.mkdir()
+        for i, name in enumerate(FROST_FILES):
+            pixels = np.full((300, 400, 3), FROST_GREY, dtype=np.uint8)
+            pixels[:, :, 0] = np.linspace(0, 255 - 40 * i, 400).astype(np.uint8)[None, :]
+            Image.fromarray(pixels).save(folder / name)
+    monkeypatch.setattr(corruptions, "frost_folder", lambda: folder)
+    corruptions.frost_layers.cache_clear()
+    yield folder
+    corruptions.frost_layers.cache_clear()
 
 
 @pytest.fixture(scope="module")
@@ -143,8 +166,8 @@ def test_cutmix_eval_writes_json_markdown_and_plot(trained_run: Path, tmp_path: 
                       "--severities", "5", "--limit", "20")
     assert from_file.returncode == 0, from_file.stderr
     assert (copy / "eval" / "eval.json").exists()
-    bad = _eval(str(trained_run), "--corruptions", "frost", "--out", str(tmp_path / "x"))
-    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "unknown frost" in bad.stderr
+    bad = _eval(str(trained_run), "--corruptions", "fros", "--out", str(tmp_path / "x"))
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "unknown fros" in bad.stderr
 
 
 def test_the_report_reads_eval_json_into_the_robustness_claim(smoke_run: Path, trained_run: Path,
@@ -169,8 +192,8 @@ def test_the_report_reads_eval_json_into_the_robustness_claim(smoke_run: Path, t
     text = build_report([sweep], tmp_path / "report").read_text()
     row = next(ln for ln in text.splitlines() if "robustness to corruptions" in ln)
     effect = 100 * (means["cutmix_staged"] - means["baseline"])
-    assert f"| CutMix − baseline | full | 1 | {effect:.2f} | – | – | – | inconclusive (one run " \
-        "per arm) | inconclusive | Welch, one run in an arm; cutmix_staged − baseline |" in row
+    assert f"| CutMix − baseline | full | 1 | {effect:.2f} | – | – | – | – | inconclusive (too " \
+        "few seeds: n = 1) | Welch, one run in an arm; cutmix_staged − baseline |" in row
     # Evaluations of different settings do not compare.
     other = sweep / "0_baseline" / "eval" / "eval.json"
     other.write_text(json.dumps({**json.loads(other.read_text()), "images": 10}))
@@ -178,3 +201,69 @@ def test_the_report_reads_eval_json_into_the_robustness_claim(smoke_run: Path, t
     row = next(ln for ln in text.splitlines() if "robustness to corruptions" in ln)
     assert "not measured" in row
     assert "Corruption accuracy is left out: the runs' cutmix-eval used different images" in text
+
+
+def test_frost_blends_a_crop_of_a_photograph_by_the_reference_weights(images: np.ndarray) -> None:
+    """Green and blue are flat grey in every fake photograph, so there each pixel is
+    keep * x + weight * grey, truncated; red varies, so another seed's crops differ."""
+    keep, weight = PARAMS["frost"][2]
+    out = corrupt(images, "frost", 3, seed=1).astype(np.float64)
+    expected = np.clip(keep * images / 255 + weight * FROST_GREY / 255, 0, 1) * 255
+    # Within 3 levels: truncation, and JPEG rounding of the grey in the two .jpg photographs.
+    assert np.abs(out[:, 1:] - np.floor(expected[:, 1:])).max() <= 3
+    assert not np.array_equal(out, corrupt(images, "frost", 3, seed=4).astype(np.float64))
+
+
+def test_without_the_photographs_frost_is_refused_and_left_out_of_all(
+        trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from cutmix_runner.robustness import main
+
+    monkeypatch.setattr(corruptions, "frost_folder", lambda: None)
+    assert "frost" not in corruptions.available()
+    with pytest.raises(SystemExit) as exit_:
+        main([str(trained_run), "--corruptions", "frost", "--out", str(tmp_path / "e")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and "robustness" in err
+    assert not (tmp_path / "e").exists()
+
+
+def _released_files(folder: Path, images: np.ndarray, labels: np.ndarray,
+                    names: list[str]) -> None:
+    """A CIFAR-10-C folder in the released layout, holding our own generated corruptions."""
+    folder.mkdir()
+    np.save(folder / "labels.npy", np.tile(labels, 5))
+    for name in names:
+        stacked = [corrupt(images, name, s, seed=0) for s in range(1, 6)]
+        np.save(folder / f"{name}.npy", np.concatenate(stacked).transpose(0, 2, 3, 1))
+
+
+def test_released_cifar10c_files_give_the_accuracy_of_their_pixels(
+        trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Files holding exactly the corruptions cutmix-eval generates give exactly its numbers."""
+    from cutmix_runner import robustness
+
+    trained = load_trained(trained_run)
+    x, y = load_test_set(trained, trained_run)
+    monkeypatch.setattr(robustness, "RELEASED_PER_SEVERITY", len(y))
+    folder = tmp_path / "CIFAR-10-C"
+    _released_files(folder, x.numpy(), y.numpy(), ["fog", "frost"])
+    generated = evaluate_corruptions(trained, x, y, ["fog", "frost"], [1, 5])
+    robustness.main([str(trained_run), "--cifar10c", str(folder), "--severities", "1,5",
+                     "--out", str(tmp_path / "e")])
+    saved = json.loads((tmp_path / "e" / "eval.json").read_text())
+    assert saved["corruptions_from"] == "CIFAR-10-C files"
+    assert saved["accuracy"] == generated["accuracy"]  # "all": the corruptions the files hold
+    capsys.readouterr()
+    # A corruption the folder lacks, or labels of another data set: one line, nothing written.
+    for args, message in ((["--corruptions", "snow"], "no snow.npy"),
+                          (["--corruptions", "fog"], "labels.npy does not match")):
+        if message.startswith("labels"):
+            np.save(folder / "labels.npy", np.tile((y.numpy() + 1) % 10, 5))
+        with pytest.raises(SystemExit):
+            robustness.main([str(trained_run), "--cifar10c", str(folder), *args,
+                             "--out", str(tmp_path / "bad")])
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err
+    assert not (tmp_path / "bad" / "eval.json").exists()
