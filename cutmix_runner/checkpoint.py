@@ -4,6 +4,11 @@ load, the format tag, the check that a checkpoint fits the config, and where to 
 `checkpoints/last.pt` holds the state after the latest finished epoch; `checkpoints/best.pt` the
 same record at the epoch with the best validation accuracy. On disk a checkpoint is a plain dict
 (the record's fields plus "format"), so that `torch.load` alone can read its "model" weights.
+
+Checkpoints travel: users download and share them. So every read goes through `load`, which
+unpickles with `weights_only=True`: tensors and plain values only, and nothing in the file can
+run code. Checkpoints written before 2026-12-07 kept NumPy's RNG state as an array; NumPy's
+array type is allowed for them, as torch's documentation suggests, and nothing else is.
 """
 
 from __future__ import annotations
@@ -11,11 +16,13 @@ from __future__ import annotations
 import io
 import json
 import logging
+import pickle
 import shutil
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from cutmix_runner import runtime
@@ -35,6 +42,10 @@ log = logging.getLogger(__name__)
 
 FORMAT = "cutmix-runner/1"
 LAST, BEST = "last.pt", "best.pt"
+# What the safe unpickler may build beyond tensors and plain values: NumPy arrays of numbers, for
+# the RNG state of checkpoints written before 2026-12-07.
+LEGACY_GLOBALS = [np._core.multiarray._reconstruct, np.ndarray, np.dtype,
+                  np.dtypes.UInt32DType]
 
 
 @dataclass
@@ -119,12 +130,19 @@ def _serialise(state: RunState) -> bytes:
 
 
 def load(path: Path, context: str = "trainer.resume") -> RunState:
-    """Read a checkpoint; a missing, unreadable or foreign file is a RunError naming it, after
-    `context` (what asked for the checkpoint)."""
+    """Read a checkpoint without running anything in it; a missing, unreadable, unsafe or
+    foreign file is a RunError naming it, after `context` (what asked for the checkpoint)."""
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(LEGACY_GLOBALS):
+            raw = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError as exc:
         raise RunError(f"{context}: no checkpoint at {path}") from exc
+    except pickle.UnpicklingError as exc:
+        # torch's message is a page long; its first line names what was refused.
+        refused = next((ln.strip() for ln in str(exc).splitlines() if "Unsupported" in ln), "")
+        raise RunError(f"{context}: {path} holds more than tensors and plain values, so it "
+                       f"was not loaded (nothing in it ran){': ' + refused if refused else ''}; "
+                       "only cutmix-runner checkpoints are read") from None
     except Exception as exc:
         raise RunError(f"{context}: {path} is not a readable checkpoint "
                        f"({type(exc).__name__})") from exc

@@ -82,12 +82,26 @@ def download_cifar10(root: str | Path) -> None:
         raise DataError(f"the downloaded archive did not contain {CIFAR10_FOLDER}/")
 
 
+class CifarUnpickler(pickle.Unpickler):
+    """Unpickles a CIFAR-10 batch and nothing else: a dict of byte strings, lists, numbers and
+    one NumPy array. Any other global (a function, a class) is refused before it is built, so a
+    doctored batch file cannot run code."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"),
+               ("numpy._core.multiarray", "_reconstruct"), ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"{module}.{name} is not part of a CIFAR-10 batch")
+        return super().find_class(module, name)
+
+
 def _load_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not path.exists():
         raise DataError(f"missing CIFAR-10 file {path}")
     try:
         with open(path, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")
+            entry = CifarUnpickler(f, encoding="latin1").load()
         data = np.asarray(entry["data"], dtype=np.uint8)
         labels = np.asarray(entry.get("labels", entry.get("fine_labels")), dtype=np.int64)
     except Exception as exc:

@@ -162,15 +162,22 @@ def seed_everything(seed: int) -> None:
 
 
 def global_rng_state() -> dict[str, Any]:
-    """Python's, NumPy's, torch's and CUDA's global generators, for an exact resume."""
-    return {"python": random.getstate(), "numpy": np.random.get_state(),
-            "torch": torch.get_rng_state(),
+    """Python's, NumPy's, torch's and CUDA's global generators, for an exact resume, in types a
+    checkpoint loads without running code (tensors, numbers, strings, tuples, dicts)."""
+    kind, key, position, has_gauss, gauss = np.random.get_state()
+    numpy = {"kind": kind, "key": torch.from_numpy(key.astype(np.int64)), "pos": position,
+             "has_gauss": has_gauss, "gauss": gauss}
+    return {"python": random.getstate(), "numpy": numpy, "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
 def set_global_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    numpy = state["numpy"]
+    if isinstance(numpy, dict):  # else NumPy's own tuple, as checkpoints before 2026-12-07 kept it
+        numpy = (numpy["kind"], numpy["key"].numpy().astype(np.uint32), numpy["pos"],
+                 numpy["has_gauss"], numpy["gauss"])
+    np.random.set_state(numpy)
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -71,3 +71,64 @@ def test_a_checkpoint_from_before_a_new_key_still_fits(tmp_path: Path) -> None:
     state.config["model"]["explicit_depthwise_padding"] = True  # the old default; now null
     with pytest.raises(RunError, match="model.explicit_depthwise_padding: True -> None"):
         checkpoint.check_fits(state, RunConfig(), "fp32", tmp_path)
+
+
+class _RunsCode:
+    """Unpickling this runs `touch MARKER`: what a hostile checkpoint would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.fixture
+def hostile_run(tmp_path: Path) -> Path:
+    """A run directory whose best.pt and last.pt carry code where the weights should be."""
+    import torch
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    for name in ("best.pt", "last.pt"):
+        torch.save({"format": checkpoint.FORMAT, "model": _RunsCode(tmp_path / "PWNED")},
+                   run / "checkpoints" / name)
+    return run
+
+
+@pytest.mark.parametrize("command", ["predict", "eval", "export", "resume"])
+def test_a_checkpoint_carrying_code_is_refused_in_one_line_and_nothing_runs(
+        command: str, hostile_run: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    if command == "resume":
+        from tests.helpers import SMOKE, train_in_process
+
+        with pytest.raises(RunError, match="holds more than tensors and plain values"):
+            train_in_process(tmp_path / "resumed", *SMOKE,
+                             f"trainer.resume={hostile_run / 'checkpoints' / 'last.pt'}")
+    else:
+        from cutmix_runner import export, predict, robustness
+
+        image = tmp_path / "photo.png"
+        image.write_bytes(b"")
+        main, args = {"predict": (predict.main, [str(image)]), "eval": (robustness.main, []),
+                      "export": (export.main, [])}[command]
+        with pytest.raises(SystemExit) as exit_:
+            main([str(hostile_run), *args])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and err.count("\n") == 1
+        assert "holds more than tensors and plain values" in err
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_a_checkpoint_with_the_old_numpy_rng_state_still_loads(tmp_path: Path) -> None:
+    """Checkpoints written before 2026-12-07 kept NumPy's RNG state as NumPy's own tuple."""
+    import numpy as np
+
+    state = _state(rng={"numpy": np.random.get_state()})
+    checkpoint.save(state, tmp_path, is_best=False)
+    loaded = checkpoint.load(tmp_path / "last.pt")
+    assert loaded.rng["numpy"][0] == "MT19937"
+    assert np.array_equal(loaded.rng["numpy"][1], state.rng["numpy"][1])

@@ -40,6 +40,27 @@ def test_corrupt_batch_is_named(cifar_folder: Path) -> None:
         load_cifar10(cifar_folder.parent)
 
 
+class _RunsCode:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_batch_file_carrying_code_is_refused_before_it_runs(cifar_folder: Path,
+                                                              tmp_path: Path) -> None:
+    import pickle
+
+    with open(cifar_folder / "data_batch_4", "wb") as f:
+        pickle.dump({"data": _RunsCode(tmp_path / "PWNED"), "labels": [0]}, f)
+    with pytest.raises(DataError, match="data_batch_4: UnpicklingError: posix.system is not"):
+        load_cifar10(cifar_folder.parent)
+    assert not (tmp_path / "PWNED").exists()
+
+
 def test_truncated_batch_is_named(cifar_folder: Path) -> None:
     raw = (cifar_folder / "data_batch_2").read_bytes()
     (cifar_folder / "data_batch_2").write_bytes(raw[: len(raw) // 2])
