@@ -9,6 +9,7 @@ Config errors: Hydra normally prints its own multi-line report; we ask it to re-
 
 from __future__ import annotations
 
+import difflib
 import os
 import sys
 import time
@@ -17,7 +18,7 @@ from typing import Any, NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import HydraException
+from hydra.errors import HydraException, MissingConfigException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
@@ -189,7 +190,20 @@ def version_text() -> str:
             f"torchvision {v['torchvision']}, timm {v['timm']})")
 
 
+def _missing_option(exc: MissingConfigException) -> str:
+    """`GROUP=NAME` that does not exist: every option of the group, the nearest first."""
+    group, _, name = (exc.missing_cfg_file or "").rpartition("/")
+    options = sorted(exc.options or [], key=lambda option: (
+        -difflib.SequenceMatcher(None, name, option).ratio(), option))
+    return (f"{group}={name}: no such option; choose from {', '.join(options)} "
+            "(nearest first)")
+
+
 def _one_line(exc: BaseException) -> str:
+    missing = next((e for e in (exc, exc.__cause__, exc.__context__)
+                    if isinstance(e, MissingConfigException) and e.options), None)
+    if missing is not None:
+        return _missing_option(missing)
     if isinstance(exc, OmegaConfBaseException):
         # OmegaConf appends "full_key: ..., object_type=..." lines; keep the first line and key.
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]

@@ -17,6 +17,7 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, ValidationError
 
 from cutmix_runner.errors import ConfigError
 
@@ -450,9 +451,16 @@ def register_configs() -> None:
 
 def validate(cfg: DictConfig | dict[str, Any]) -> RunConfig:
     """Turn a composed config into checked dataclasses; raises ConfigError naming the key."""
-    if not isinstance(cfg, DictConfig):
-        cfg = OmegaConf.create(cfg)
-    merged = OmegaConf.merge(OmegaConf.structured(RunConfig), cfg)
+    # As plain values: a node Hydra composed is already typed, and a `+key` the schema lacks
+    # would ride along on it unchecked; merged from plain values onto the schema, it is refused.
+    plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(RunConfig), plain)
+    except ConfigKeyError as exc:
+        raise ConfigError(f"{exc.full_key}: no such key (misspelled, or a +key that the "
+                          "schema does not have); `cutmix-train --help` lists the groups") from None
+    except ValidationError as exc:
+        raise ConfigError(f"{exc.full_key}: {str(exc).splitlines()[0]}") from None
     run = OmegaConf.to_object(merged)
     assert isinstance(run, RunConfig)
     run.validate()

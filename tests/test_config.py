@@ -127,8 +127,25 @@ def test_misspelled_stage_field_in_a_schedule_file_is_rejected() -> None:
     cfg = _compose()
     raw = OmegaConf.to_container(cfg)
     raw["schedule"]["stages"]["head"]["regularizer"]["probability"] = 0.5
-    with pytest.raises((ConfigKeyError, ValidationError)):
+    with pytest.raises(ConfigError, match="schedule.stages.head.regularizer.probability: no such"):
         validate(raw)
+
+
+def test_a_plus_key_the_schema_does_not_have_is_refused() -> None:
+    """Hydra's `+key` bypasses the composed config's struct flag; the schema check does not."""
+    with pytest.raises(ConfigError, match="trainer.foo: no such key"):
+        validate(_compose("+trainer.foo=1"))
+
+
+def test_a_mistyped_group_option_lists_every_option_nearest_first() -> None:
+    from hydra.errors import MissingConfigException
+
+    from cutmix_runner.cli import _one_line
+
+    with pytest.raises(MissingConfigException) as exc:
+        _compose("trainer=gpuu")
+    assert _one_line(exc.value) == ("trainer=gpuu: no such option; choose from gpu, cpu, "
+                                    "default (nearest first)")
 
 
 def _leaves(tree: object, prefix: str = "") -> dict[str, object]:
