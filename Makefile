@@ -19,7 +19,7 @@ LAUNCH_ARGS := $(if $(LAUNCHER),hydra/launcher=$(LAUNCHER))
 .DEFAULT_GOAL := help
 
 help: ## list the targets (this text)
-	@grep -E '^[a-z-]+:.*## ' $(firstword $(MAKEFILE_LIST)) | \
+	@grep -E '^[a-z0-9-]+:.*## ' $(firstword $(MAKEFILE_LIST)) | \
 		awk 'BEGIN {FS = ":.*## "} {printf "  make %-15s %s\n", $$1, $$2}'
 
 setup: $(BIN)/cutmix-train ## create .venv (pip + venv) and install the package with its dev extras

@@ -9,6 +9,28 @@ from pathlib import Path
 from typing import Any
 
 from cutmix_runner import faults
+from cutmix_runner.errors import UserError
+
+
+def check_output(path: Path, force: bool, flag: str = "--out") -> None:
+    """An output file a tool may write later: refused now, before any work, when it exists
+    (without --force), is a folder, or cannot be created. Writes nothing and makes no folder,
+    so a refused command leaves no trace."""
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a folder; give a file name")
+    if path.exists() and not force:
+        raise UserError(f"{path} already exists; pass --force to replace it")
+    writable_folder(path.parent, flag)
+
+
+def writable_folder(folder: Path, flag: str = "--out") -> None:
+    """`folder`, or the nearest folder above it that exists, can be written into."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {folder}: cannot create it ({existing} is not a writable "
+                        "folder)")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

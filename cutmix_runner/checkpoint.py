@@ -138,11 +138,12 @@ def load(path: Path, context: str = "trainer.resume") -> RunState:
     except FileNotFoundError as exc:
         raise RunError(f"{context}: no checkpoint at {path}") from exc
     except pickle.UnpicklingError as exc:
-        # torch's message is a page long; its first line names what was refused.
-        refused = next((ln.strip() for ln in str(exc).splitlines() if "Unsupported" in ln), "")
+        if "GLOBAL" not in str(exc):  # no object was refused: the file is no pickle at all
+            raise RunError(f"{context}: {path} is not a readable checkpoint "
+                           "(UnpicklingError)") from exc
         raise RunError(f"{context}: {path} holds more than tensors and plain values, so it "
-                       f"was not loaded (nothing in it ran){': ' + refused if refused else ''}; "
-                       "only cutmix-runner checkpoints are read") from None
+                       "was not loaded (nothing in it ran); only cutmix-runner checkpoints are "
+                       "read") from None
     except Exception as exc:
         raise RunError(f"{context}: {path} is not a readable checkpoint "
                        f"({type(exc).__name__})") from exc

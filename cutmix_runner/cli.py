@@ -90,7 +90,7 @@ def train(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     try:
         if hydra_cfg.mode == RunMode.MULTIRUN and distributed.launched().parallel:
-            fail("torchrun trains one run: drop -m, or sweep with LAUNCHER=submitit_local")
+            fail("torchrun trains one run: drop -m, or sweep with LAUNCHER=local")
         run_cfg = validate(cfg)
         with interrupts.handled(), distributed.joined(run_cfg.trainer.device):
             summary = train_run(run_cfg, out_dir)
@@ -182,14 +182,6 @@ def compose_train(overrides: list[str]) -> DictConfig:
         raise ConfigError(f"config error: {_one_line(cause)}") from None
 
 
-def version_text() -> str:
-    from cutmix_runner.runtime import versions
-
-    v = versions()
-    return (f"cutmix-runner {v['cutmix_runner']} (python {v['python']}, torch {v['torch']}, "
-            f"torchvision {v['torchvision']}, timm {v['timm']})")
-
-
 def _missing_option(exc: MissingConfigException) -> str:
     """`GROUP=NAME` that does not exist: every option of the group, the nearest first."""
     group, _, name = (exc.missing_cfg_file or "").rpartition("/")
@@ -217,6 +209,8 @@ def _one_line(exc: BaseException) -> str:
 
 def main() -> None:
     if "--version" in sys.argv[1:]:
+        from cutmix_runner.commands import version_text
+
         print(version_text())
         return
     os.environ["HYDRA_FULL_ERROR"] = "1"

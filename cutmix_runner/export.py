@@ -27,8 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cutmix_runner.artifacts import check_output
 from cutmix_runner.checkpoint import run_directory
-from cutmix_runner.errors import UserError, one_line_errors
+from cutmix_runner.errors import UserError
 from cutmix_runner.inference import TrainedModel, load_test_set, load_trained, run_summary
 
 INPUT_SIZE = 32  # CIFAR's own resolution: what the exported graph takes
@@ -217,42 +218,27 @@ format), batch 256, on the exporting machine's CPU.
 """
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="cutmix-export", description="Export a trained run to ONNX (uint8 32x32 RGB in, "
-        "logits out), verify it in onnxruntime against torch, and write a model card.")
-    parser.add_argument("run", type=Path, help="run directory (uses its best checkpoint) or a "
-                        "checkpoint file")
-    parser.add_argument("--format", choices=["onnx"], default="onnx")
-    parser.add_argument("--output", type=Path, help="default: RUN_DIR/export/model.onnx")
-    parser.add_argument("--images", type=int, default=1024,
-                        help="test images to verify on (at least 256, or the whole test set "
-                        "when it is smaller; default 1024)")
-    parser.add_argument("--data-root", help="where the run's data set is, if not where it "
-                        "was trained from")
-    parser.add_argument("--force", action="store_true", help="replace an existing output")
-    args = parser.parse_args(argv)
-    with one_line_errors("cutmix-export"):
-        check = run(args)
-    sys.exit(0 if check.passed else 1)
-
-
-def run(args: argparse.Namespace) -> Verification:
+def run(args: argparse.Namespace) -> int:
+    """Export, check, and write the model and its card; exit code 1 when the check failed."""
     if args.images < 256:
         raise UserError(f"--images {args.images}: verify on at least 256 test images")
     source = args.run
-    output = args.output or run_directory(source) / "export" / "model.onnx"
+    output = args.out or run_directory(source) / "export" / "model.onnx"
     card = output.with_name(output.stem + "_card.md")
-    if not args.force and (output.exists() or card.exists()):
-        raise UserError(f"{output} already exists; pass --force to replace it, or --output")
+    for path in (output, card):
+        check_output(path, args.force)
     wrapper, trained = exportable(source)
     images = load_test_set(trained, source, args.data_root)[0][:args.images]
     summary = run_summary(trained.source)
     # Export beside the target and check there: a model that fails its check never replaces
     # one that passed; it stays as NAME.failed.onnx for inspection.
     candidate = output.with_name(output.stem + ".candidate.onnx")
-    export_onnx(wrapper, candidate, metadata(trained, summary))
-    check = verify(candidate, wrapper, images)
+    try:
+        export_onnx(wrapper, candidate, metadata(trained, summary))
+        check = verify(candidate, wrapper, images)
+    except BaseException:  # an error or Ctrl-C: no half-made candidate is left behind
+        candidate.unlink(missing_ok=True)
+        raise
     if check.passed:
         candidate.replace(output)
         card.write_text(model_card(trained, summary, output, check))
@@ -267,4 +253,4 @@ def run(args: argparse.Namespace) -> Verification:
           f"  onnxruntime {check.onnx_images_per_second:.0f} images/s, torch "
           f"{check.torch_images_per_second:.0f} images/s (CPU, batch 256; torch runs the "
           "exported module: fp32, contiguous)", file=sys.stderr)
-    return check
+    return 0 if check.passed else 1

@@ -27,9 +27,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cutmix_runner.errors import UserError, one_line_errors
+from cutmix_runner.artifacts import atomic_write_bytes, check_output
+from cutmix_runner.errors import UserError
 from cutmix_runner.images import ImageFileError, find_images, load_image
 from cutmix_runner.inference import TrainedModel, load_trained
+from cutmix_runner.runtime import resolve_device
 
 
 @dataclass
@@ -110,66 +112,14 @@ def as_table(rows: list[Prediction]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def checked_device(name: str) -> torch.device:
-    """--device as a torch.device that exists here; UserError otherwise."""
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {name}: not a device name; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and (not torch.cuda.is_available()
-                                  or (device.index or 0) >= torch.cuda.device_count()):
-        raise UserError(f"--device {name}: no such CUDA device here; use cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise UserError(f"--device {name}: only cpu and cuda are supported")
-    return device
-
-
-def check_output(path: Path | None, force: bool) -> None:
-    """Refuse to replace a file without --force, and fail now, not after classifying, when the
-    file cannot be written."""
-    if path is None:
-        return
-    if path.is_dir():
-        raise UserError(f"--output {path} is a folder; give a file name")
-    if path.exists() and not force:
-        raise UserError(f"{path} already exists; pass --force to replace it")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a"):
-            pass
-    except OSError as exc:
-        raise UserError(f"--output {path}: cannot write it ({exc.strerror})") from None
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="cutmix-predict", description="Classify image files with a trained run.")
-    parser.add_argument("run", type=Path, help="run directory (its best checkpoint) or checkpoint")
-    parser.add_argument("paths", nargs="+", type=Path, help="image files or folders (recursive)")
-    parser.add_argument("--topk", type=int, default=3, help="labels per file (default 3)")
-    parser.add_argument("--format", choices=["table", "csv", "json"], default="table")
-    parser.add_argument("--output", type=Path, help="write here instead of the terminal")
-    parser.add_argument("--force", action="store_true", help="replace an existing --output")
-    parser.add_argument("--tta", choices=["none", "flip"], default="none",
-                        help="flip: average with the mirror image, as the test protocol does")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
-    args = parser.parse_args(argv)
-    if args.topk < 1 or args.batch_size < 1:
-        parser.error("--topk and --batch-size must be at least 1")
-    return args
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    with one_line_errors("cutmix-predict"):
-        check_output(args.output, args.force)
-        trained = load_trained(args.run, device=checked_device(args.device))
+def run(args: argparse.Namespace) -> int:
+    """Classify every file; the exit code: 0 all classified, 1 some skipped, 2 none."""
+    if args.out is not None:
+        check_output(args.out, args.force)
+    trained = load_trained(args.run, device=resolve_device(args.device, "--device"))
     files = find_images(args.paths)
     if not files:
-        print(f"cutmix-predict: error: no image files under {', '.join(map(str, args.paths))}",
-              file=sys.stderr)
-        sys.exit(2)
+        raise UserError(f"no image files under {', '.join(map(str, args.paths))}")
     rows = classify(trained, files, args.topk, args.tta, args.batch_size,
                     progress=sys.stderr.isatty() and len(files) > args.batch_size)
     k = min(args.topk, len(trained.classes))
@@ -179,9 +129,9 @@ def main(argv: list[str] | None = None) -> None:
         text = as_json(rows)
     else:
         text = as_table(rows)
-    if args.output:
-        args.output.write_text(text)  # checked writable before classifying
+    if args.out:
+        atomic_write_bytes(args.out, text.encode())  # checked writable before classifying
     else:
         sys.stdout.write(text)
     skipped = sum(r.error is not None for r in rows)
-    sys.exit(0 if skipped == 0 else 2 if skipped == len(rows) else 1)
+    return 0 if skipped == 0 else 2 if skipped == len(rows) else 1

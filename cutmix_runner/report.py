@@ -14,7 +14,6 @@ import argparse
 import json
 import math
 import statistics
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ import yaml
 from cutmix_runner import claims, plots, stats
 from cutmix_runner.claims import CELL_ORDER, DESIGN2, DESIGN3, Row
 from cutmix_runner.config import neutral_keys
+from cutmix_runner.errors import UserError
 from cutmix_runner.stats import POWER, mean_ci
 
 SEED_KEYS = {"trainer.seed"}
@@ -34,7 +34,7 @@ MIN_SEEDS = 5  # fewer seeds per arm are flagged in the report
 NEUTRAL_PREFIXES = (*neutral_keys(), "hydra.")
 
 
-class ReportError(ValueError):
+class ReportError(UserError):
     """Runs that cannot be compared, or nothing to report; one line for the user."""
 
 
@@ -466,28 +466,9 @@ def build_report(paths: list[Path], out: Path, arm_keys: list[str] | None = None
     return report
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="cutmix-report", description=__doc__.splitlines()[0])
-    parser.add_argument("paths", nargs="+", type=Path, help="run or multirun directories")
-    parser.add_argument("--out", type=Path, default=Path("report"),
-                        help="folder for report.md and the plots (default: ./report)")
-    parser.add_argument("--force", action="store_true", help="replace an existing report.md")
-    parser.add_argument("--arm-key", action="append", dest="arm_keys",
-                        help="override key that defines the arms (repeatable); needed when runs "
-                             "differ in more than one key besides the seed and the strata")
-    parser.add_argument("--stratum-key", action="append", dest="stratum_keys", default=[],
-                        help="override key held fixed within comparisons, like the data size "
-                             f"({SIZE_KEY}, always one); repeatable, e.g. schedule")
-    parser.add_argument("--reference", action="append", default=[],
-                        help="the arm others are compared with, as its value (e.g. study_none); "
-                             "repeatable: per stratum, the first that ran; default: the first arm")
-    args = parser.parse_args(argv)
-    command = "cutmix-report " + " ".join(sys.argv[1:] if argv is None else argv)
+def run(args: argparse.Namespace, command: str) -> int:
     stratum_keys = tuple(k for k in args.stratum_keys if k != SIZE_KEY)
-    try:
-        report = build_report(args.paths, args.out, args.arm_keys, command, stratum_keys,
-                              args.reference, args.force)
-    except (ReportError, OSError) as exc:
-        print(f"cutmix-report: error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    print(report)
+    out = args.out or Path("report")
+    print(build_report(args.paths, out, args.arm_keys, command, stratum_keys, args.reference,
+                       args.force))
+    return 0

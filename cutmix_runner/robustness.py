@@ -23,11 +23,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from cutmix_runner.artifacts import atomic_write_json
+from cutmix_runner.artifacts import atomic_write_json, writable_folder
 from cutmix_runner.checkpoint import run_directory
 from cutmix_runner.corruptions import CORRUPTIONS, FROST_HINT, PARAMS, available, corrupt
-from cutmix_runner.errors import UserError, one_line_errors
+from cutmix_runner.errors import UserError
 from cutmix_runner.inference import TrainedModel, load_test_set, load_trained
+from cutmix_runner.runtime import resolve_device
 
 EVAL_FILE = Path("eval") / "eval.json"
 CHUNK = 2000  # images corrupted at a time: bounds memory, not results (see corruptions.corrupt)
@@ -181,31 +182,6 @@ def parse_severities(text: str) -> list[int]:
     return sorted(values)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="cutmix-eval", description="Accuracy of a trained run under CIFAR-10-C corruptions.")
-    parser.add_argument("run", type=Path, help="run directory (its best checkpoint)")
-    parser.add_argument("--corruptions", default="all",
-                        help=f"comma-separated names or 'all' ({', '.join(CORRUPTIONS)}; "
-                             "frost needs the robustness extra)")
-    parser.add_argument("--cifar10c", type=Path, metavar="DIR",
-                        help="read the released CIFAR-10-C .npy files in DIR instead of "
-                             "generating the corruptions")
-    parser.add_argument("--severities", default="1-5", help="e.g. 1-5 (default), 3, 1,3,5")
-    parser.add_argument("--out", type=Path, help="default: RUN_DIR/eval")
-    parser.add_argument("--reference", type=Path, help="a run with eval/eval.json: adds mCE")
-    parser.add_argument("--limit", type=int, help="only the first N test images")
-    parser.add_argument("--seed", type=int, default=0, help="corruption seed (default 0)")
-    parser.add_argument("--batch-size", type=int, default=500)
-    parser.add_argument("--data-root", help="where the run's data set is, if not where it "
-                        "was trained from")
-    parser.add_argument("--force", action="store_true", help="replace an existing eval.json")
-    args = parser.parse_args(argv)
-    if args.seed < 0 or args.batch_size < 1 or (args.limit is not None and args.limit < 1):
-        parser.error("--seed must be >= 0, --batch-size and --limit at least 1")
-    return args
-
-
 def _choices(args: argparse.Namespace) -> tuple[list[str], list[int]]:
     """The corruptions and severities asked for. "all" is every corruption the source has: the
     released files in --cifar10c, else those this installation can generate."""
@@ -234,22 +210,25 @@ def _choices(args: argparse.Namespace) -> tuple[list[str], list[int]]:
                         "comma-separated list of levels 1..5") from None
 
 
-def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
+def run(args: argparse.Namespace, command: str) -> int:
     names, severities = _choices(args)
     out = args.out or run_directory(args.run) / "eval"
     if (out / "eval.json").exists() and not args.force:
         raise UserError(f"{out / 'eval.json'} already exists; pass --force to replace it")
-    try:  # before any compute: a folder that cannot be made fails now, not in 25 minutes
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"--out {out}: cannot create it ({exc.strerror})") from None
+    # Before any compute, a folder that cannot be made fails now, not in 25 minutes; it is
+    # made only when the results are written, so a refused command leaves nothing behind.
+    writable_folder(out)
     reference = None
     if args.reference is not None:
         ref_file = args.reference / EVAL_FILE
         if not ref_file.exists():
             raise UserError(f"--reference: no {ref_file}; run cutmix-eval on that run first")
-        reference = json.loads(ref_file.read_text())
-    trained = load_trained(args.run)
+        try:
+            reference = json.loads(ref_file.read_text())
+        except json.JSONDecodeError:
+            raise UserError(f"--reference: {ref_file} is not valid JSON; re-run cutmix-eval "
+                            "on that run with --force") from None
+    trained = load_trained(args.run, device=resolve_device(args.device, "--device"))
     images, labels = load_test_set(trained, args.run, args.data_root)
     if args.limit:
         images, labels = images[:args.limit], labels[:args.limit]
@@ -262,17 +241,11 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
                                      args.batch_size, log=True, source=files)}
     if reference is not None:
         result.update(reference=str(args.reference), **corruption_errors(result, reference))
+    out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "eval.json", result)
     (out / "eval.md").write_text(markdown(result, command))
     plot(result, out / "accuracy_vs_severity.png")
     print(f"cutmix-eval: clean {100 * result['clean_accuracy']:.2f} %, mean corruption accuracy "
           f"{100 * result['mean_corruption_accuracy']:.2f} % -> {out}/eval.json, eval.md, "
           "accuracy_vs_severity.png", file=sys.stderr)
-    return result
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    command = "cutmix-eval " + " ".join(sys.argv[1:] if argv is None else argv)
-    with one_line_errors("cutmix-eval"):
-        run(args, command)
+    return 0

@@ -74,12 +74,22 @@ def setup(cfg: TrainerConfig) -> Runtime:
                    resolve_forward_precision(cfg.frozen_precision, precision, device), world)
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, key: str = "trainer.device") -> torch.device:
+    """auto, cpu, cuda or cuda:N as a device that exists here; the one device check of every
+    tool (`key` is the option that named it). auto: CUDA when there is one."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RunError(f"trainer.device={name} but CUDA is not available; use cpu or auto")
-    return torch.device(name)
+    said = f"{key} {name}" if key.startswith("--") else f"{key}={name}"  # a flag, or a key
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise RunError(f"{said}: not a device name; use cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise RunError(f"{said}: only cpu and cuda are supported")
+    if device.type == "cuda" and (not torch.cuda.is_available()
+                                  or (device.index or 0) >= torch.cuda.device_count()):
+        raise RunError(f"{said}: there is no such CUDA device here; use cpu")
+    return device
 
 
 def resolve_precision(name: str, device: torch.device) -> str:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -181,22 +180,6 @@ def write_report(study: Any, out: Path, test_accuracy: float, command: str) -> P
     return report
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="cutmix-search", description=__doc__.splitlines()[0])
-    parser.add_argument("overrides", nargs="*", help="cutmix-train overrides for every trial")
-    parser.add_argument("--trials", type=int, default=10, help="trials to add (default 10)")
-    parser.add_argument("--out", type=Path, default=Path("search"),
-                        help="trial run directories, the report and the default storage")
-    parser.add_argument("--storage", help="Optuna RDB URL (default: sqlite:///OUT/study.db)")
-    parser.add_argument("--study-name", default="cutmix-search")
-    parser.add_argument("--space", default="schedule", help="configs/search/NAME.yaml or a path")
-    parser.add_argument("--seed", type=int, default=0, help="the TPE sampler's seed")
-    args = parser.parse_intermixed_args(argv)  # overrides may come before or after options
-    if args.trials < 0:
-        parser.error("--trials must be >= 0")
-    return args
-
-
 def search(args: argparse.Namespace, command: str) -> Path:
     import optuna
 
@@ -239,20 +222,7 @@ def _existing(storage: Any, args: argparse.Namespace) -> list[Any]:
         return []
 
 
-def main(argv: list[str] | None = None) -> None:
+def run(args: argparse.Namespace, command: str) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args = parse_args(argv)
-    command = "cutmix-search " + " ".join(sys.argv[1:] if argv is None else argv)
-    try:
-        print(search(args, command))
-    except UserError as exc:
-        print(f"cutmix-search: error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("cutmix-search: interrupted; the trial in progress is marked failed, the study "
-              "keeps the others: run the same command to continue", file=sys.stderr)
-        sys.exit(130)
-
-
-if __name__ == "__main__":
-    main()
+    print(search(args, command))
+    return 0

@@ -40,7 +40,7 @@ def main() -> None:
     options, overrides = split(sys.argv[1:])
     if "-m" in overrides or "--multirun" in overrides:
         print("cutmix-torchrun: error: torchrun trains one run: drop -m, or sweep with "
-              "LAUNCHER=submitit_local", file=sys.stderr)
+              "LAUNCHER=local", file=sys.stderr)
         sys.exit(2)
     args = get_args_parser().parse_args([*options, "-m", "cutmix_runner", *overrides])
     # torchrun logs each failed rank at ERROR with a traceback (the ranks say why themselves),

@@ -115,3 +115,30 @@ def serve_fake_archive(folder: Path) -> Iterator[ArchiveServer]:
                             requests)
     finally:
         server.shutdown()
+
+
+@dataclass
+class ToolResult:
+    """What a tool's command ended with: its exit code and what it printed."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_tool(name: str, *args: str) -> ToolResult:
+    """`cutmix-NAME ARGS...` in this process, through its entry point in commands.py (predict,
+    evaluate, export, report, search), with stdout and stderr captured."""
+    import contextlib
+    import io
+
+    from cutmix_runner import commands
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            getattr(commands, name)(list(args))
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+    return ToolResult(code, out.getvalue(), err.getvalue())

@@ -109,17 +109,15 @@ def test_a_checkpoint_carrying_code_is_refused_in_one_line_and_nothing_runs(
             train_in_process(tmp_path / "resumed", *SMOKE,
                              f"trainer.resume={hostile_run / 'checkpoints' / 'last.pt'}")
     else:
-        from cutmix_runner import export, predict, robustness
+        from tests.helpers import run_tool
 
         image = tmp_path / "photo.png"
         image.write_bytes(b"")
-        main, args = {"predict": (predict.main, [str(image)]), "eval": (robustness.main, []),
-                      "export": (export.main, [])}[command]
-        with pytest.raises(SystemExit) as exit_:
-            main([str(hostile_run), *args])
-        err = capsys.readouterr().err
-        assert exit_.value.code == 2 and err.count("\n") == 1
-        assert "holds more than tensors and plain values" in err
+        tool, args = {"predict": ("predict", [str(image)]), "eval": ("evaluate", []),
+                      "export": ("export", [])}[command]
+        result = run_tool(tool, str(hostile_run), *args)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1
+        assert "holds more than tensors and plain values" in result.stderr
     assert not (tmp_path / "PWNED").exists()
 
 

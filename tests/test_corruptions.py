@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +16,7 @@ from cutmix_runner import corruptions
 from cutmix_runner.corruptions import CORRUPTIONS, FROST_FILES, PARAMS, corrupt
 from cutmix_runner.inference import load_test_set, load_trained
 from cutmix_runner.robustness import corruption_errors, evaluate_corruptions, parse_severities
-from tests.helpers import ROOT
+from tests.helpers import ToolResult, run_tool
 
 FROST_GREY = 200  # the fake frost photographs: this grey in green and blue, red a gradient
 
@@ -139,10 +137,8 @@ def test_parse_severities() -> None:
         parse_severities("0-6")
 
 
-def _eval(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", "from cutmix_runner.robustness import main; "
-                           "main()", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+def _eval(*args: str) -> ToolResult:
+    return run_tool("evaluate", *args)
 
 
 def test_cutmix_eval_writes_json_markdown_and_plot(trained_run: Path, tmp_path: Path) -> None:
@@ -216,14 +212,11 @@ def test_frost_blends_a_crop_of_a_photograph_by_the_reference_weights(images: np
 def test_without_the_photographs_frost_is_refused_and_left_out_of_all(
         trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
-    from cutmix_runner.robustness import main
-
     monkeypatch.setattr(corruptions, "frost_folder", lambda: None)
     assert "frost" not in corruptions.available()
-    with pytest.raises(SystemExit) as exit_:
-        main([str(trained_run), "--corruptions", "frost", "--out", str(tmp_path / "e")])
-    err = capsys.readouterr().err
-    assert exit_.value.code == 2 and err.count("\n") == 1 and "robustness" in err
+    result = _eval(str(trained_run), "--corruptions", "frost", "--out", str(tmp_path / "e"))
+    err = result.stderr
+    assert result.returncode == 2 and err.count("\n") == 1 and "robustness" in err
     assert not (tmp_path / "e").exists()
 
 
@@ -249,20 +242,18 @@ def test_released_cifar10c_files_give_the_accuracy_of_their_pixels(
     folder = tmp_path / "CIFAR-10-C"
     _released_files(folder, x.numpy(), y.numpy(), ["fog", "frost"])
     generated = evaluate_corruptions(trained, x, y, ["fog", "frost"], [1, 5])
-    robustness.main([str(trained_run), "--cifar10c", str(folder), "--severities", "1,5",
-                     "--out", str(tmp_path / "e")])
+    assert _eval(str(trained_run), "--cifar10c", str(folder), "--severities", "1,5",
+                 "--out", str(tmp_path / "e")).returncode == 0
     saved = json.loads((tmp_path / "e" / "eval.json").read_text())
     assert saved["corruptions_from"] == "CIFAR-10-C files"
     assert saved["accuracy"] == generated["accuracy"]  # "all": the corruptions the files hold
-    capsys.readouterr()
     # A corruption the folder lacks, or labels of another data set: one line, nothing written.
     for args, message in ((["--corruptions", "snow"], "no snow.npy"),
                           (["--corruptions", "fog"], "labels.npy does not match")):
         if message.startswith("labels"):
             np.save(folder / "labels.npy", np.tile((y.numpy() + 1) % 10, 5))
-        with pytest.raises(SystemExit):
-            robustness.main([str(trained_run), "--cifar10c", str(folder), *args,
-                             "--out", str(tmp_path / "bad")])
-        err = capsys.readouterr().err
-        assert err.count("\n") == 1 and message in err
+        result = _eval(str(trained_run), "--cifar10c", str(folder), *args,
+                       "--out", str(tmp_path / "bad"))
+        assert result.returncode == 2 and result.stderr.count("\n") == 1
+        assert message in result.stderr
     assert not (tmp_path / "bad" / "eval.json").exists()

@@ -3,8 +3,6 @@ onnxruntime check that is part of the command."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -16,15 +14,14 @@ from cutmix_runner import export
 from cutmix_runner.config import RunConfig
 from cutmix_runner.inference import TrainedModel
 from cutmix_runner.model import build_model, build_preprocess
-from tests.helpers import ROOT
+from tests.helpers import ToolResult, run_tool
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 
-def _export(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", "from cutmix_runner.export import main; main()",
-                           *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+def _export(*args: str) -> ToolResult:
+    return run_tool("export", *args)
 
 
 @pytest.fixture(scope="module")
@@ -65,10 +62,9 @@ def test_a_failed_check_fails_the_command(trained_run: Path, tmp_path: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(export, "MAX_LOGIT_DIFF", 0.0)  # no export can meet this
     (tmp_path / "m.onnx").write_bytes(b"an earlier model")
-    with pytest.raises(SystemExit) as info:
-        export.main([str(trained_run), "--output", str(tmp_path / "m.onnx"), "--images", "256",
-                     "--force"])
-    assert info.value.code == 1
+    result = _export(str(trained_run), "--output", str(tmp_path / "m.onnx"), "--images", "256",
+                     "--force")
+    assert result.returncode == 1
     # The earlier model is kept; the failed one is left beside it for inspection.
     assert (tmp_path / "m.onnx").read_bytes() == b"an earlier model"
     assert (tmp_path / "m.failed.onnx").exists() and not (tmp_path / "m_card.md").exists()

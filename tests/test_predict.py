@@ -5,8 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,14 +15,13 @@ from PIL import Image
 from cutmix_runner.images import load_image
 from cutmix_runner.inference import load_test_set, load_trained
 from cutmix_runner.predict import classify
-from tests.helpers import ROOT
+from tests.helpers import ToolResult, run_tool
 
 N = 100  # test images per variant
 
 
-def _predict(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", "from cutmix_runner.predict import main; main()",
-                           *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+def _predict(*args: str) -> ToolResult:
+    return run_tool("predict", *args)
 
 
 @pytest.fixture(scope="module")

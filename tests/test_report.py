@@ -4,14 +4,13 @@ seed with Holm and MDE columns, the 2 x 2 section and the plots (stats.py: test_
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from cutmix_runner.report import ReportError, build_report
+from tests.helpers import run_tool
 
 ARMS = {"baseline": (0.80, 0.95, 0.06), "cutmix_staged": (0.82, 0.90, 0.03),
         "cutmix_from_start": (0.78, 0.88, 0.04), "mixup_staged": (0.81, 0.89, 0.02)}
@@ -188,7 +187,6 @@ def test_report_refuses_runs_that_differ_in_more_than_the_arm(sweep: Path,
 
 
 def test_cli_error_is_one_line(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-c", "from cutmix_runner.report import main; main()",
-                             str(tmp_path / "nothing")], capture_output=True, text=True)
+    result = run_tool("report", str(tmp_path / "nothing"))
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "no such run" in result.stderr

@@ -4,11 +4,11 @@ invocation resumes the study; the test set is scored once, for the best trial on
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import ToolResult, run_tool
 
 pytest.importorskip("optuna")
 
@@ -21,11 +21,9 @@ schedule.stages.late.lr_backbone: {float: [1.0e-4, 2.0e-3], log: true}
 SMOKE = ["experiment=smoke", "trainer.progress=false", "trainer.num_threads=1"]
 
 
-def _search(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cutmix_runner.search", *args,
-                           "--out", str(tmp_path / "search"), "--space",
-                           str(tmp_path / "space.yaml"), *SMOKE],
-                          capture_output=True, text=True, timeout=600)
+def _search(tmp_path: Path, *args: str) -> ToolResult:
+    return run_tool("search", *args, "--out", str(tmp_path / "search"), "--space",
+                    str(tmp_path / "space.yaml"), *SMOKE)
 
 
 def test_search_writes_its_study_resumes_it_and_tests_the_best_trial_once(
