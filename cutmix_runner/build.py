@@ -2,7 +2,7 @@
 stage's training step (frozen parts, optimizer, LR schedule, regularizer).
 
 The checks on the data, the model and every stage's freeze depth run here, before any training
-time is spent (config values are checked earlier, by config.validate).
+time is spent (config values are checked earlier, by validation.validate).
 """
 
 from __future__ import annotations

@@ -20,12 +20,11 @@ import pickle
 import shutil
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
-from cutmix_runner import runtime
 from cutmix_runner.artifacts import atomic_write_bytes
 from cutmix_runner.config import (
     RunConfig,
@@ -34,9 +33,6 @@ from cutmix_runner.config import (
     with_current_defaults,
 )
 from cutmix_runner.errors import RunError
-
-if TYPE_CHECKING:
-    from cutmix_runner.trainer import Run
 
 log = logging.getLogger(__name__)
 
@@ -165,21 +161,10 @@ def check_fits(state: RunState, cfg: RunConfig, precision: str, path: Path) -> N
                        f"this run would use {precision}; set trainer.precision")
 
 
-def restore(run: Run, path: Path) -> RunState:
-    """Continue from a checkpoint that fits this config: weights, progress and every RNG."""
+def read_to_resume(path: Path, cfg: RunConfig, precision: str) -> RunState:
+    """The checkpoint `trainer.resume` names, once it is known to fit this config."""
     state = load(path)
-    check_fits(state, run.cfg, run.runtime.precision, path)
-    state.rng = run.world.check_checkpoint(state.rng, path)  # this rank's generators
-    if run.world.is_writer:
-        adopt_best(path, run.ckpt_dir)
-    run.model.load_state_dict(state.model)
-    run.progress = Progress.of(state)
-    runtime.set_global_rng_state(state.rng)
-    run.data_order.set_state(state.rng["data"])
-    # metrics.jsonl may hold a line written after this checkpoint: rewrite it from the
-    # checkpoint's own records, so resumed runs never duplicate an epoch.
-    run.metrics.rewrite(run.progress.records)
-    log.info("resumed from %s: stage '%s', epoch %d", path, state.stage, state.epoch)
+    check_fits(state, cfg, precision, path)
     return state
 
 

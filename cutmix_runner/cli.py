@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from cutmix_runner import interrupts
-from cutmix_runner.config import ConfigError, register_configs, validate
+from cutmix_runner.config import ConfigError, register_configs
 from cutmix_runner.errors import UserError
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
@@ -85,6 +85,7 @@ def rank_overrides() -> list[str]:
 def train(cfg: DictConfig) -> float:
     from cutmix_runner import distributed  # torch loads after Hydra has parsed
     from cutmix_runner.trainer import train as train_run
+    from cutmix_runner.validation import validate
 
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     hydra_cfg = HydraConfig.get()

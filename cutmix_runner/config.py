@@ -2,11 +2,13 @@
 
 Hydra merges the YAML files onto these dataclasses, so an unknown or misspelled key, or a value
 of the wrong type, fails at composition. Range checks live in each class's ``validate`` and run
-from the module-level ``validate``, before any training starts. The names a key may take (a
+from the module-level ``parse``, before any training starts. The names a key may take (a
 regularizer, an optimizer, a data set) come from the registries of the modules that build them,
 so adding an option is one entry in one file.
 
-This module imports no torch: the report uses its rules (which keys change results) on JSON alone.
+This module imports no torch, and nothing of this package but its errors: the report uses its
+rules (which keys change results) on JSON alone. Whether an option name exists is asked of the
+registry that builds it, by validation.py, one layer up.
 """
 
 from __future__ import annotations
@@ -361,11 +363,6 @@ class TrainerConfig:
         _check(self.sync_every >= 1, "trainer.sync_every", "must be >= 1")
         _check(self.logger in ("none", "tensorboard"), "trainer.logger",
                f"must be none or tensorboard, got '{self.logger}'")
-        if self.logger == "tensorboard":
-            from cutmix_runner.loggers import TENSORBOARD_HINT, tensorboard_available
-
-            _check(tensorboard_available(), "trainer.logger",
-                   f"tensorboard is not installed; {TENSORBOARD_HINT}")
 
 
 @dataclass
@@ -382,38 +379,6 @@ class RunConfig:
         self.schedule.validate()
         self.optim.validate()
         self.trainer.validate()
-
-
-def option_names() -> dict[str, tuple[str, ...]]:
-    """The names each option family accepts, read from the registry of the module that builds it.
-
-    Imported here rather than at the top, so that reading the config rules needs no torch.
-    """
-    from cutmix_runner.data import DATASETS
-    from cutmix_runner.mixing import ELEM_REGULARIZERS, MODES, REGULARIZERS
-    from cutmix_runner.optim import OPTIMIZERS
-
-    return {"data.name": tuple(DATASETS), "optim.name": tuple(OPTIMIZERS),
-            "regularizer": tuple(REGULARIZERS), "regularizer.mode": MODES,
-            "regularizer.mode=elem": ELEM_REGULARIZERS}
-
-
-def _check_choice(value: str, allowed: tuple[str, ...], key: str) -> None:
-    _check(value in allowed, key, f"must be one of {', '.join(allowed)}, got '{value}'")
-
-
-def check_options(run: RunConfig) -> None:
-    """Every named option exists in its registry."""
-    names = option_names()
-    _check_choice(run.data.name, names["data.name"], "data.name")
-    _check_choice(run.optim.name, names["optim.name"], "optim.name")
-    for stage_name, stage in run.schedule.stages.items():
-        key, reg = f"schedule.stages.{stage_name}.regularizer", stage.regularizer
-        _check_choice(reg.name, names["regularizer"], f"{key}.name")
-        _check_choice(reg.mode, names["regularizer.mode"], f"{key}.mode")
-        _check(reg.mode != "elem" or reg.name in names["regularizer.mode=elem"], f"{key}.mode",
-               f"elem works with {', '.join(names['regularizer.mode=elem'])}, not '{reg.name}'; "
-               "use mode=batch")
 
 
 def result_config(cfg: RunConfig) -> dict[str, Any]:
@@ -449,8 +414,9 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="run_schema", node=RunConfig)
 
 
-def validate(cfg: DictConfig | dict[str, Any]) -> RunConfig:
-    """Turn a composed config into checked dataclasses; raises ConfigError naming the key."""
+def parse(cfg: DictConfig | dict[str, Any]) -> RunConfig:
+    """A composed config as checked dataclasses: every key typed, every value in range. Option
+    names (which need the registries above this module) are checked by validation.validate."""
     # As plain values: a node Hydra composed is already typed, and a `+key` the schema lacks
     # would ride along on it unchecked; merged from plain values onto the schema, it is refused.
     plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
@@ -464,10 +430,4 @@ def validate(cfg: DictConfig | dict[str, Any]) -> RunConfig:
     run = OmegaConf.to_object(merged)
     assert isinstance(run, RunConfig)
     run.validate()
-    check_options(run)
     return run
-
-
-def from_result_config(saved: dict[str, Any]) -> RunConfig:
-    """A checked RunConfig from a checkpoint's `result_config`; neutral keys take defaults."""
-    return validate(saved)

@@ -19,12 +19,13 @@ import yaml
 from torch import nn
 
 from cutmix_runner import checkpoint
-from cutmix_runner.config import RunConfig, from_result_config
+from cutmix_runner.config import RunConfig
 from cutmix_runner.data import build_splits, class_names
 from cutmix_runner.errors import DataError
 from cutmix_runner.evaluation import predict
 from cutmix_runner.model import build_model, build_preprocess
 from cutmix_runner.transforms import Preprocess
+from cutmix_runner.validation import from_result_config
 
 
 @dataclass

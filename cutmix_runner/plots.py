@@ -12,7 +12,7 @@ from cutmix_runner.stats import mean_ci
 
 if TYPE_CHECKING:
     from cutmix_runner.claims import Row
-    from cutmix_runner.report import Run
+    from cutmix_runner.runs import Run
 
 
 def pyplot() -> Any:

@@ -11,20 +11,16 @@ post's claims (claims.py) are contrasts between named presets. Statistics: stats
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import yaml
 
 from cutmix_runner import claims, plots, stats
 from cutmix_runner.claims import CELL_ORDER, DESIGN2, DESIGN3, Row
 from cutmix_runner.config import neutral_keys
-from cutmix_runner.errors import UserError
+from cutmix_runner.runs import ReportError, Run, eval_settings, load_runs
 from cutmix_runner.stats import POWER, mean_ci
 
 SEED_KEYS = {"trainer.seed"}
@@ -32,86 +28,6 @@ SIZE_KEY = "data.train_subset"  # the data size: a stratum always
 MIN_SEEDS = 5  # fewer seeds per arm are flagged in the report
 # Keys that do not change results: the same list resume uses, plus Hydra's own settings.
 NEUTRAL_PREFIXES = (*neutral_keys(), "hydra.")
-
-
-class ReportError(UserError):
-    """Runs that cannot be compared, or nothing to report; one line for the user."""
-
-
-# ---------------------------------------------------------------- loading runs
-
-
-@dataclass
-class Run:
-    path: Path
-    overrides: dict[str, str]
-    summary: dict[str, Any]
-    records: list[dict[str, Any]]
-    eval: dict[str, Any] | None = None  # eval/eval.json from cutmix-eval, when the run has one
-    arm: str = ""
-    # The data size (data.train_subset; "full" without a subset), then any other stratum key's
-    # value, joined by " · ", e.g. "1000 · study_long".
-    stratum: str = "full"
-    scalars: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def seed(self) -> int:
-        value = self.overrides.get("trainer.seed", "0")  # configs/trainer/default.yaml
-        if not value.lstrip("-").isdigit():
-            raise ReportError(f"{self.path}: trainer.seed={value} is not an integer")
-        return int(value)
-
-
-def _read_records(path: Path) -> list[dict[str, Any]]:
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line cut by a kill; the checkpoint's copy is authoritative
-    return records
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ReportError(f"{path} is not valid JSON ({exc}); re-create or remove it") from None
-
-
-def eval_settings(run: Run) -> tuple | None:
-    """What a run's cutmix-eval measured: runs compare only when this is the same."""
-    if run.eval is None:
-        return None
-    measured = tuple(sorted((name, tuple(sorted(per))) for name, per in
-                            run.eval.get("accuracy", {}).items()))
-    return (run.eval.get("images"), run.eval.get("seed"), measured,
-            run.eval.get("corruptions_from", "generated"))
-
-
-def load_runs(paths: list[Path]) -> list[Run]:
-    found: list[Path] = []
-    for path in paths:
-        if not path.exists():
-            raise ReportError(f"no such run or sweep directory: {path}")
-        found += [path] if (path / "summary.json").exists() else sorted(
-            p.parent for p in path.rglob("summary.json"))
-    if not found:
-        raise ReportError(f"no finished runs (summary.json) under {', '.join(map(str, paths))}")
-    runs = []
-    for run in dict.fromkeys(p.resolve() for p in found):  # overlapping paths count once
-        overrides_file = run / ".hydra" / "overrides.yaml"
-        try:
-            raw = yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else []
-        except yaml.YAMLError:
-            raise ReportError(f"{overrides_file} is not valid YAML; re-create or remove "
-                              "the run") from None
-        overrides = dict(o.lstrip("+~").split("=", 1) for o in raw or [] if "=" in o)
-        robustness = run / "eval" / "eval.json"
-        runs.append(Run(run, overrides, _read_json(run / "summary.json"),
-                        _read_records(run / "metrics.jsonl"),
-                        _read_json(robustness) if robustness.exists() else None))
-    return runs
 
 
 def assign_arms(runs: list[Run], arm_keys: list[str] | None,

@@ -101,7 +101,7 @@ class PruningReporter:
 def objective(space: dict[str, dict[str, Any]], base: list[str], out: Path) -> Any:
     from cutmix_runner import trainer
     from cutmix_runner.cli import compose_train
-    from cutmix_runner.config import validate
+    from cutmix_runner.validation import validate
 
     def run_trial(trial: Any) -> float:
         overrides = [*base, *suggest(trial, space)]
@@ -184,7 +184,7 @@ def search(args: argparse.Namespace, command: str) -> Path:
     import optuna
 
     from cutmix_runner.cli import compose_train
-    from cutmix_runner.config import validate
+    from cutmix_runner.validation import validate
 
     space = load_space(args.space)
     base = validate(compose_train(args.overrides))  # shared overrides fail here, once

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -14,7 +15,31 @@ from cutmix_runner.artifacts import atomic_write_json
 from cutmix_runner.config import result_config
 
 if TYPE_CHECKING:
-    from cutmix_runner.trainer import Run
+    from cutmix_runner.checkpoint import Progress
+    from cutmix_runner.config import RunConfig
+    from cutmix_runner.data import Splits
+    from cutmix_runner.evaluation import Evaluator
+    from cutmix_runner.loggers import RunLogger
+    from cutmix_runner.runtime import Runtime
+
+
+class FinishedRun(Protocol):
+    """What the last phase reads of a run (trainer.Run has it), typed here so that this module
+    needs nothing from the trainer above it."""
+
+    cfg: RunConfig
+    out_dir: Path
+    runtime: Runtime
+    data: Splits
+    model: torch.nn.Module
+    evaluator: Evaluator
+    started: float
+    logger: RunLogger
+    progress: Progress
+    last_val_logits: torch.Tensor
+
+    @property
+    def ckpt_dir(self) -> Path: ...
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +55,7 @@ def dose(records: list[dict[str, Any]]) -> dict[str, Any]:
             "train_images": seen}
 
 
-def finish(run: Run) -> dict[str, Any]:
+def finish(run: FinishedRun) -> dict[str, Any]:
     """Score the test set once, with the best-validation weights, and write summary.json."""
     data, evaluator, best_epoch = run.data, run.evaluator, run.progress.best
     final = evaluator.test(data)

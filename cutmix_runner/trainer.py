@@ -113,7 +113,7 @@ def train_stages(run: Run) -> None:
              run.runtime.device, run.runtime.precision, run.evaluator.preprocess.image_size,
              len(run.data.train_x), len(run.data.val_x), len(run.data.test_x))
     path = checkpoint.resume_path(run.cfg.trainer.resume, run.ckpt_dir)
-    resume = checkpoint.restore(run, path) if path is not None else None
+    resume = resume_from(run, path) if path is not None else None
     if resume is None:
         # resume=auto with no checkpoint yet: drop lines of an epoch that was never saved.
         run.metrics.rewrite([])
@@ -125,6 +125,23 @@ def train_stages(run: Run) -> None:
                 run_stage(run, index, name, stage, resume)
             continue  # that stage had already ended; its summary came with the checkpoint
         run_stage(run, index, name, stage)
+
+
+def resume_from(run: Run, path: Path) -> RunState:
+    """Continue from a checkpoint that fits this config: weights, progress and every RNG."""
+    state = checkpoint.read_to_resume(path, run.cfg, run.runtime.precision)
+    state.rng = run.world.check_checkpoint(state.rng, path)  # this rank's generators
+    if run.world.is_writer:
+        checkpoint.adopt_best(path, run.ckpt_dir)
+    run.model.load_state_dict(state.model)
+    run.progress = Progress.of(state)
+    runtime.set_global_rng_state(state.rng)
+    run.data_order.set_state(state.rng["data"])
+    # metrics.jsonl may hold a line written after this checkpoint: rewrite it from the
+    # checkpoint's own records, so resumed runs never duplicate an epoch.
+    run.metrics.rewrite(run.progress.records)
+    log.info("resumed from %s: stage '%s', epoch %d", path, state.stage, state.epoch)
+    return state
 
 
 def run_stage(run: Run, index: int, name: str, stage: StageConfig,

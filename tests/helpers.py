@@ -55,8 +55,8 @@ def train_in_process(out: Path, *overrides: str) -> dict[str, Any]:
     restored afterwards, so that a `trainer.num_threads` override does not leak into other tests."""
     import torch
 
-    from cutmix_runner.config import validate
     from cutmix_runner.trainer import train
+    from cutmix_runner.validation import validate
 
     threads = torch.get_num_threads()
     try:

@@ -8,7 +8,8 @@ from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from cutmix_runner.cli import CONFIG_DIR
-from cutmix_runner.config import ConfigError, validate
+from cutmix_runner.config import ConfigError
+from cutmix_runner.validation import validate
 
 
 def _compose(*overrides: str):

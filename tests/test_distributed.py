@@ -116,10 +116,11 @@ def test_each_stage_lr_schedule_spans_the_steps_a_rank_takes() -> None:
     """66 images at batch 32 leave 2 over: one process trains on them, 2 ranks (1 image each)
     drop them, and the warm-up + cosine schedule must end on the last step either way."""
     from cutmix_runner import build
-    from cutmix_runner.config import StageConfig, validate
+    from cutmix_runner.config import StageConfig
     from cutmix_runner.data import Splits, make_synthetic, train_batches
     from cutmix_runner.distributed import World
     from cutmix_runner.runtime import Runtime
+    from cutmix_runner.validation import validate
     from tests.helpers import compose
 
     cfg = validate(compose("experiment=smoke"))

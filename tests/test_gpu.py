@@ -13,12 +13,13 @@ import pytest
 import torch
 
 from cutmix_runner import build, runtime
-from cutmix_runner.config import RunConfig, StageConfig, validate
+from cutmix_runner.config import RunConfig, StageConfig
 from cutmix_runner.data import Splits, make_synthetic, train_batches
 from cutmix_runner.errors import RunError
 from cutmix_runner.model import PaddedDepthwiseConv2d, build_model
 from cutmix_runner.optim import lr_scale
 from cutmix_runner.runtime import Runtime
+from cutmix_runner.validation import validate
 from tests.helpers import ROOT, compose, train_in_process
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -69,7 +69,8 @@ def test_every_run_writes_example_grids_and_tensorboard_events(tmp_path: Path) -
 
 def test_tensorboard_missing_is_one_line_with_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
     from cutmix_runner import loggers
-    from cutmix_runner.config import ConfigError, validate
+    from cutmix_runner.config import ConfigError
+    from cutmix_runner.validation import validate
 
     monkeypatch.setattr(loggers, "tensorboard_available", lambda: False)
     with pytest.raises(ConfigError, match=r"trainer.logger: tensorboard is not installed; pip"):

@@ -278,7 +278,8 @@ def test_elem_mode_mixes_a_share_prob_of_the_images(kind: str) -> None:
 
 
 def test_elem_mode_is_refused_where_it_has_no_meaning() -> None:
-    from cutmix_runner.config import ConfigError, validate
+    from cutmix_runner.config import ConfigError
+    from cutmix_runner.validation import validate
 
     cfg = {"schedule": {"stages": {"a": {"regularizer": {
         "name": "random_erasing", "mode": "elem", "prob": 0.5}}}}}

@@ -51,7 +51,7 @@ def test_make_train_downloads_into_the_repository_once(clone: Path, cifar_folder
                                                        archive_server: ArchiveServer,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     from cutmix_runner import data
-    from cutmix_runner.config import validate
+    from cutmix_runner.validation import validate
 
     overrides = _train_overrides(clone)
     assert overrides == ["data.root=data/cifar10", "data.download=true"]

@@ -11,9 +11,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from cutmix_runner.config import DataConfig, expected_dose, validate
+from cutmix_runner.config import DataConfig, expected_dose
 from cutmix_runner.data import build_splits
 from cutmix_runner.summary import dose
+from cutmix_runner.validation import validate
 from tests.helpers import SMOKE, compose, train_in_process
 
 
