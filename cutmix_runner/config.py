@@ -28,7 +28,8 @@ from cutmix_runner.errors import ConfigError
 # (configs/train.yaml lists the same keys; tests/test_structure.py checks that they agree).
 RESULT_NEUTRAL: dict[str, tuple[str, ...]] = {
     "trainer": ("resume", "progress", "device", "num_threads", "eval_batch_size",
-                "keep_freed_memory", "sync_every", "cudnn_benchmark", "compile", "logger"),
+                "keep_freed_memory", "sync_every", "cudnn_benchmark", "compile", "logger",
+                "accuracy_levels"),
     "data": ("root", "download"),
 }
 
@@ -342,6 +343,10 @@ class TrainerConfig:
     # none: metrics.jsonl and the example grids (examples_STAGE.png) only. tensorboard: also
     # event files in RUN_DIR/tensorboard (the optional `tensorboard` extra).
     logger: str = "none"
+    # Validation accuracies whose first crossing summary.json times (time_to_accuracy: wall-clock
+    # seconds since the run started, set-up included, across resumes): the figure users compare
+    # runners by.
+    accuracy_levels: list[float] = field(default_factory=lambda: [0.90, 0.91, 0.92])
     # Under torchrun: BatchNorm statistics over the global batch instead of each rank's slice
     # (distributed.SyncedBatchNorm; one all-reduce per layer and step). No effect in one process.
     sync_bn: bool = False
@@ -361,6 +366,8 @@ class TrainerConfig:
         _check(self.flip_noise_sigma >= 0, "trainer.flip_noise_sigma", "must be >= 0")
         _check(self.flip_max_shift >= 1, "trainer.flip_max_shift", "must be >= 1")
         _check(self.sync_every >= 1, "trainer.sync_every", "must be >= 1")
+        _check(all(0 < level <= 1 for level in self.accuracy_levels), "trainer.accuracy_levels",
+               f"must be accuracies in (0, 1], got {self.accuracy_levels}")
         _check(self.logger in ("none", "tensorboard"), "trainer.logger",
                f"must be none or tensorboard, got '{self.logger}'")
 

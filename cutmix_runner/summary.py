@@ -55,6 +55,14 @@ def dose(records: list[dict[str, Any]]) -> dict[str, Any]:
             "train_images": seen}
 
 
+def time_to_accuracy(records: list[dict[str, Any]],
+                     levels: list[float]) -> dict[str, float | None]:
+    """Per level, the run's elapsed seconds at the end of the first epoch whose validation
+    accuracy reached it (null if none did): what runners are compared by."""
+    return {f"{level:.2f}": next((r.get("elapsed_seconds") for r in records
+                                  if r["val_accuracy"] >= level), None) for level in levels}
+
+
 def finish(run: FinishedRun) -> dict[str, Any]:
     """Score the test set once, with the best-validation weights, and write summary.json."""
     data, evaluator, best_epoch = run.data, run.evaluator, run.progress.best
@@ -70,6 +78,8 @@ def finish(run: FinishedRun) -> dict[str, Any]:
         **evaluator.test_summary(data, best, final, val_logits),
         "best": best_epoch, "stages": run.progress.finished_stages,
         "dose": dose(run.progress.records),
+        "time_to_accuracy": time_to_accuracy(run.progress.records,
+                                             run.cfg.trainer.accuracy_levels),
         "train_size": len(data.train_x), "val_size": len(data.val_x),
         "test_size": len(data.test_x), "image_size": evaluator.preprocess.image_size,
         "device": str(run.runtime.device), "device_name": run.runtime.device_name,

@@ -53,6 +53,11 @@ class Run:
     logger: loggers.RunLogger
     progress: Progress = field(default_factory=Progress)
     last_val_logits: torch.Tensor = field(default_factory=lambda: torch.empty(0))
+    elapsed_before: float = 0.0  # wall-clock seconds of the sittings before a resume
+
+    def elapsed(self) -> float:
+        """Seconds of work on this run so far, set-up included, over every sitting."""
+        return self.elapsed_before + time.perf_counter() - self.started
 
     @property
     def ckpt_dir(self) -> Path:
@@ -135,6 +140,7 @@ def resume_from(run: Run, path: Path) -> RunState:
         checkpoint.adopt_best(path, run.ckpt_dir)
     run.model.load_state_dict(state.model)
     run.progress = Progress.of(state)
+    run.elapsed_before = state.records[-1].get("elapsed_seconds", 0.0) if state.records else 0.0
     runtime.set_global_rng_state(state.rng)
     run.data_order.set_state(state.rng["data"])
     # metrics.jsonl may hold a line written after this checkpoint: rewrite it from the
@@ -167,7 +173,8 @@ def run_stage(run: Run, index: int, name: str, stage: StageConfig,
     for epoch in range(first_epoch, stage.epochs):
         start_time = time.perf_counter()
         set_epoch_values(step.regularizer, stage.regularizer, epoch, stage.epochs)
-        record = {"stage_index": index, **train_epoch(run, name, stage, epoch, plan, step)}
+        record = {"stage_index": index, **train_epoch(run, name, stage, epoch, plan, step),
+                  "elapsed_seconds": round(run.elapsed(), 2)}
         ended_by = run.world.from_writer(  # rank 0 decides; every rank follows
             stage_end.after_epoch(epoch, record["val_accuracy"], record["generalization_gap"]))
         if ended_by is not None:

@@ -26,7 +26,7 @@ OVERRIDES = ("experiment=smoke", "trainer.progress=false", "trainer.num_threads=
 # Machine facts, not results; and the reliability bins, too fine to compare across CPUs (a bin
 # that holds a few images moves wholesale when one of them crosses a bin edge).
 IGNORED = {"images_per_second", "seconds", "first_step_seconds", "total_seconds", "device_name",
-           "threads", "versions", "cpu_isa",
+           "threads", "versions", "cpu_isa", "elapsed_seconds", "time_to_accuracy",
            "reliability"}
 # Pure functions of the config and the seeded generators: no float kernel is involved.
 EXACT = {"stage", "stage_index", "epoch", "global_epoch", "stage_end", "regularizer", "reg_mode",

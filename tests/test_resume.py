@@ -18,7 +18,7 @@ from tests.helpers import ROOT, run_cli
 # Smoke run: 200 synthetic images, batch 32 -> 7 steps per epoch; stages head (2 epochs,
 # steps 1-14), adapt (1 epoch, steps 15-21), late (1 epoch, steps 22-28).
 SMOKE = ("experiment=smoke", "trainer.progress=false", "trainer.num_threads=1")
-TIMING = {"images_per_second", "seconds", "first_step_seconds"}
+TIMING = {"images_per_second", "seconds", "first_step_seconds", "elapsed_seconds"}
 
 
 def _metrics(run: Path) -> list[dict]:
@@ -192,3 +192,21 @@ def test_resume_auto_keeps_a_finished_run_as_it_is(reference: Path, tmp_path: Pa
     changed = _run(run, "trainer.resume=auto", "schedule.stages.adapt.regularizer.prob=0.9")
     assert changed.returncode == 2 and "finished with a different config" in changed.stderr
     assert results() == before
+
+
+def test_elapsed_time_and_time_to_accuracy_continue_across_a_resume(tmp_path: Path) -> None:
+    """Each epoch records the run's elapsed seconds; a resumed run counts on from its last
+    checkpointed epoch, so time-to-accuracy spans both sittings."""
+    out = tmp_path / "run"
+    assert _run(out, fault="kill_step:11").returncode == -9
+    before = [json.loads(line)["elapsed_seconds"]
+              for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert _run(out, "trainer.resume=auto", "trainer.accuracy_levels=[0.01,0.99]"
+                ).returncode == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    elapsed = [r["elapsed_seconds"] for r in records]
+    assert elapsed[:len(before)] == before and elapsed == sorted(elapsed)
+    assert elapsed[len(before)] > before[-1]  # the second sitting counts on from the first
+    summary = json.loads((out / "summary.json").read_text())
+    first = next(r["elapsed_seconds"] for r in records if r["val_accuracy"] >= 0.01)
+    assert summary["time_to_accuracy"] == {"0.01": first, "0.99": None}

@@ -164,3 +164,14 @@ def test_full_data_arms_differ_from_the_default_run_only_in_mixing(
     late = validate(compose(f"experiment={preset}")).schedule.stages["late"].regularizer
     if preset == "default_mixing_off_last":  # on in the late stage's first epoch, off in its last
         assert [late.values_at(e, 2)[0] for e in range(2)] == [0.3, 0.0]
+
+
+def test_time_to_accuracy_is_the_elapsed_time_of_the_first_epoch_at_each_level() -> None:
+    from cutmix_runner.summary import time_to_accuracy
+
+    records = [{"val_accuracy": 0.85, "elapsed_seconds": 50.0},
+               {"val_accuracy": 0.905, "elapsed_seconds": 110.0},
+               {"val_accuracy": 0.90, "elapsed_seconds": 160.0},
+               {"val_accuracy": 0.915, "elapsed_seconds": 220.0}]
+    assert time_to_accuracy(records, [0.9, 0.91, 0.92]) == {"0.90": 110.0, "0.91": 220.0,
+                                                           "0.92": None}
