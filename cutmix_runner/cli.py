@@ -21,7 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, MissingConfigException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cutmix_runner import interrupts
@@ -72,13 +72,31 @@ def complain(text: str, shared: bool = False) -> None:
         print(f"[rank {rank()}] {text}", file=sys.stderr)
 
 
+HYDRA_SUBDIR = ".hydra"
+
+
 def rank_overrides() -> list[str]:
     """Hydra overrides for ranks other than 0: no output directory, .hydra/ or log file of their
-    own. They train into rank 0's run directory (trainer.train), where rank 0 alone writes."""
+    own. They train into rank 0's run directory (trainer.train), where rank 0 alone writes.
+    Rank 0's .hydra/ is written by `save_hydra_files`, once the run's checks have passed: Hydra
+    would write it before the job starts, over a finished run's own files."""
     if rank() == 0:
-        return []
+        return ["hydra.output_subdir=null"]
     return ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=none",
             "hydra/hydra_logging=none"]
+
+
+def save_hydra_files(cfg: DictConfig, out_dir: Path) -> None:
+    """What Hydra writes into RUN_DIR/.hydra (config.yaml, hydra.yaml, overrides.yaml), the same
+    files with the same contents, written only now that nothing refused the run."""
+    # A writable copy (Hydra's own is read-only), saying where its files are, as Hydra's does.
+    hydra_cfg = OmegaConf.create(OmegaConf.to_container(HydraConfig.instance().cfg))
+    hydra_cfg.hydra.output_subdir = HYDRA_SUBDIR
+    folder = out_dir / HYDRA_SUBDIR
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, node in (("config.yaml", cfg), ("hydra.yaml", hydra_cfg),
+                       ("overrides.yaml", hydra_cfg.hydra.overrides.task)):
+        (folder / name).write_text(OmegaConf.to_yaml(node))
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
@@ -94,7 +112,10 @@ def train(cfg: DictConfig) -> float:
             fail("torchrun trains one run: drop -m, or sweep with LAUNCHER=local")
         run_cfg = validate(cfg)
         with interrupts.handled(), distributed.joined(run_cfg.trainer.device):
-            summary = train_run(run_cfg, out_dir)
+            # A hydra.output_subdir of the user's own: Hydra has written it already.
+            save = hydra_cfg.output_subdir is None and rank() == 0
+            summary = train_run(run_cfg, out_dir, on_checked=(
+                (lambda: save_hydra_files(cfg, out_dir)) if save else None))
     except UserError as exc:
         fail(str(exc))
     except KeyboardInterrupt:
@@ -215,7 +236,9 @@ def main() -> None:
         print(version_text())
         return
     os.environ["HYDRA_FULL_ERROR"] = "1"
-    sys.argv += rank_overrides()
+    own_subdir = any(arg.startswith("hydra.output_subdir=") for arg in sys.argv[1:])
+    sys.argv += [o for o in rank_overrides()
+                 if not (own_subdir and o.startswith("hydra.output_subdir="))]
     try:
         train()
     except (HydraException, OmegaConfBaseException) as exc:

@@ -13,6 +13,7 @@ import functools
 import logging
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,13 +73,15 @@ class Run:
         return self.cfg.trainer.progress and sys.stderr.isatty() and self.world.is_writer
 
 
-def train(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
+def train(cfg: RunConfig, out_dir: Path,
+          on_checked: Callable[[], None] | None = None) -> dict[str, Any]:
     """Build, train and test one run into `out_dir`; returns its summary. A finished run asked
     to resume is kept as it is, so re-running an interrupted multirun skips its finished jobs.
-    Under torchrun every rank trains into rank 0's `out_dir`."""
+    Under torchrun every rank trains into rank 0's `out_dir`. `on_checked` runs on rank 0 once
+    every check has passed (directory, data, model, resume), before the run writes anything."""
     out_dir = distributed.current().from_writer(out_dir)
     finished = checkpoint.finished_summary(cfg, out_dir)
-    return finished if finished is not None else fit(prepare(cfg, out_dir))
+    return finished if finished is not None else fit(prepare(cfg, out_dir), on_checked)
 
 
 def prepare(cfg: RunConfig, out_dir: Path) -> Run:
@@ -104,21 +107,23 @@ def prepare(cfg: RunConfig, out_dir: Path) -> Run:
                loggers.build(cfg.trainer.logger, out_dir, data.classes, writer))
 
 
-def fit(run: Run) -> dict[str, Any]:
+def fit(run: Run, on_checked: Callable[[], None] | None = None) -> dict[str, Any]:
     """Train, then test on rank 0; the other ranks leave without waiting for the test set."""
-    train_stages(run)
+    train_stages(run, on_checked)
     return summary.finish(run) if run.world.is_writer else {"best": run.progress.best}
 
 
-def train_stages(run: Run) -> None:
+def train_stages(run: Run, on_checked: Callable[[], None] | None = None) -> None:
     """Every stage, from the checkpoint `trainer.resume` names if any; no test set."""
-    if run.world.is_writer:
-        run.out_dir.mkdir(parents=True, exist_ok=True)
     log.info("device %s (%s), image size %d, %d train / %d val / %d test images",
              run.runtime.device, run.runtime.precision, run.evaluator.preprocess.image_size,
              len(run.data.train_x), len(run.data.val_x), len(run.data.test_x))
     path = checkpoint.resume_path(run.cfg.trainer.resume, run.ckpt_dir)
     resume = resume_from(run, path) if path is not None else None
+    if run.world.is_writer:
+        run.out_dir.mkdir(parents=True, exist_ok=True)
+        if on_checked is not None:
+            on_checked()
     if resume is None:
         # resume=auto with no checkpoint yet: drop lines of an epoch that was never saved.
         run.metrics.rewrite([])

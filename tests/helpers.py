@@ -23,6 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED_CIFAR = ROOT.parent / "shared" / "data" / "cifar10"
 CONFIG_DIR = str(ROOT / "configs")
 SMOKE = ("experiment=smoke", "trainer.progress=false")
+# metrics.jsonl keys that are machine time, not results: runs compare without them.
+TIMING = {"images_per_second", "seconds", "first_step_seconds", "elapsed_seconds"}
 
 
 def write_cifar_folder(folder: Path, per_batch: int = 20, test: int = 20, seed: int = 0) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from tests.helpers import SMOKE, run_cli, write_cifar_folder
 
@@ -194,3 +195,18 @@ def test_weights_that_do_not_fit(smoke_run: Path, tmp_path: Path) -> None:
     result = run_cli(*SMOKE, f"model.weights={path}", f"hydra.run.dir={tmp_path / 'run'}")
     _assert_one_line_error(result, "do not fit")
     assert _tree_bytes(smoke_run) == before
+
+
+def test_a_refused_run_leaves_a_finished_run_byte_identical(tmp_path: Path) -> None:
+    """Into a directory that holds a finished run, another seed is refused (without resume: the
+    directory is taken; with resume=auto: a different config), and every file there, .hydra/
+    included, is left as it was: Hydra's .hydra/ files are written only once the checks pass."""
+    run = tmp_path / "finished"
+    assert run_cli(*SMOKE, f"hydra.run.dir={run}").returncode == 0
+    assert yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text())[0] == SMOKE[0]
+    before = _tree_bytes(run)
+    for extra, pattern in (((), "already holds a run"),
+                           (("trainer.resume=auto",), "different config")):
+        result = run_cli(*SMOKE, "trainer.seed=7", f"hydra.run.dir={run}", *extra)
+        _assert_one_line_error(result, pattern)
+        assert _tree_bytes(run) == before

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 
-from tests.helpers import run_cli
+from tests.helpers import TIMING, run_cli
 
 # The smoke run: 200 synthetic images, global batch 32 (16 per rank) -> 7 steps per epoch;
 # stages head (2 epochs), adapt (1), late (1); CutMix in adapt and late.
@@ -23,7 +23,6 @@ SMOKE = ("experiment=smoke", "trainer.progress=false", "trainer.num_threads=1")
 # parameters whose gradients are nearly zero; SGD keeps them at rounding level.
 NO_MIX = ("schedule.stages.adapt.regularizer.name=none",
           "schedule.stages.late.regularizer.name=none", "optim=sgd")
-TIMING = {"images_per_second", "seconds", "first_step_seconds"}
 # Measured: train losses agree to 1e-7 relative, weights to 3e-6 (float32 sums in another order).
 LOSS_RTOL, WEIGHT_ATOL = 1e-5, 1e-4
 

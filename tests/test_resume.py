@@ -13,12 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import ROOT, run_cli
+from tests.helpers import ROOT, TIMING, run_cli
 
 # Smoke run: 200 synthetic images, batch 32 -> 7 steps per epoch; stages head (2 epochs,
 # steps 1-14), adapt (1 epoch, steps 15-21), late (1 epoch, steps 22-28).
 SMOKE = ("experiment=smoke", "trainer.progress=false", "trainer.num_threads=1")
-TIMING = {"images_per_second", "seconds", "first_step_seconds", "elapsed_seconds"}
 
 
 def _metrics(run: Path) -> list[dict]:
