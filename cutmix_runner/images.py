@@ -35,13 +35,14 @@ class ImageFileError(ValueError):
 def find_images(paths: list[Path]) -> list[Path]:
     """Files as given, and the image files below each folder (recursively, sorted).
 
-    A path that does not exist is kept, so that it is reported like any other bad file.
+    A path that does not exist is kept, so that it is reported like any other bad file; so is a
+    link in a folder that points nowhere but is named like an image: nothing is dropped quietly.
     """
     found: list[Path] = []
     for path in paths:
         if path.is_dir():
-            found += sorted(p for p in path.rglob("*")
-                            if p.is_file() and p.suffix.lower() in EXTENSIONS)
+            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in EXTENSIONS
+                            and (p.is_file() or (p.is_symlink() and not p.exists())))
         else:
             found.append(path)
     return found

@@ -18,10 +18,10 @@ import torch
 import yaml
 from torch import nn
 
-from cutmix_runner import checkpoint
+from cutmix_runner import __version__, checkpoint
 from cutmix_runner.config import RunConfig
 from cutmix_runner.data import build_splits, class_names
-from cutmix_runner.errors import DataError
+from cutmix_runner.errors import ConfigError, DataError, RunError
 from cutmix_runner.evaluation import predict
 from cutmix_runner.model import build_model, build_preprocess
 from cutmix_runner.transforms import Preprocess
@@ -54,13 +54,18 @@ def load_trained(path: Path | str, device: str | torch.device = "cpu",
     """
     source = checkpoint.find_checkpoint(Path(path))
     state = checkpoint.load(source, context="model")
-    config = from_result_config(state.config)
+    try:
+        config = from_result_config(state.config)
+    except ConfigError as exc:  # e.g. a key a newer version added
+        raise RunError(f"{source}: its config does not fit this cutmix-runner "
+                       f"{__version__} ({exc}); was it written by another version?") from None
     classes = class_names(config.data)
     # Every weight comes from the checkpoint: build the architecture only.
     architecture = dataclasses.replace(config.model, weights="none")
     if explicit_depthwise_padding is not None:
         architecture.explicit_depthwise_padding = explicit_depthwise_padding
     model = build_model(architecture, len(classes))
+    check_weights_fit(model, state.model, source)
     model.load_state_dict(state.model)
     # The memory format it was trained and evaluated in: the same kernels, the same numbers.
     channels_last = config.trainer.channels_last
@@ -68,6 +73,22 @@ def load_trained(path: Path | str, device: str | torch.device = "cpu",
              else torch.contiguous_format).eval()
     preprocess = build_preprocess(model, config.model, channels_last)
     return TrainedModel(model, preprocess, classes, preprocess.image_size, config, source)
+
+
+def check_weights_fit(model: nn.Module, weights: dict[str, torch.Tensor], source: Path) -> None:
+    """The checkpoint's tensors are exactly the model's, name for name and shape for shape; else
+    one line naming the first that is missing, extra or of another shape."""
+    expected = model.state_dict()
+    for name, tensor in expected.items():
+        if name not in weights:
+            raise RunError(f"{source}: its weights do not fit the model: no tensor '{name}'")
+        if tuple(weights[name].shape) != tuple(tensor.shape):
+            raise RunError(f"{source}: its weights do not fit the model: '{name}' has shape "
+                           f"{tuple(weights[name].shape)}, the model {tuple(tensor.shape)}")
+    extra = next((name for name in weights if name not in expected), None)
+    if extra is not None:
+        raise RunError(f"{source}: its weights do not fit the model: '{extra}' is not one of "
+                       "its tensors")
 
 
 def run_summary(source: Path) -> dict[str, Any] | None:

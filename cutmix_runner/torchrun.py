@@ -32,6 +32,29 @@ def split(argv: list[str]) -> tuple[list[str], list[str]]:
     return options, rest
 
 
+def check_process_count(args: object) -> None:
+    """torchrun's --nproc_per_node, checked before anything launches: a positive count, or
+    cpu, gpu (CUDA needed) or auto; torch itself would answer with a traceback."""
+    value = str(getattr(args, "nproc_per_node", "1"))
+    if value in ("cpu", "auto"):
+        return
+    if value == "gpu":
+        import torch
+
+        if not torch.cuda.is_available():
+            fail("--nproc_per_node=gpu, but there is no CUDA device here; give a number "
+                 "(processes on this CPU) or cpu")
+        return
+    if not value.isdigit() or int(value) < 1:
+        fail(f"--nproc_per_node={value}: give a number of processes (1 or more), or cpu, gpu "
+             "or auto")
+
+
+def fail(message: str) -> None:
+    print(f"cutmix-torchrun: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main() -> None:
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -39,10 +62,9 @@ def main() -> None:
 
     options, overrides = split(sys.argv[1:])
     if "-m" in overrides or "--multirun" in overrides:
-        print("cutmix-torchrun: error: torchrun trains one run: drop -m, or sweep with "
-              "LAUNCHER=local", file=sys.stderr)
-        sys.exit(2)
+        fail("torchrun trains one run: drop -m, or sweep with LAUNCHER=local")
     args = get_args_parser().parse_args([*options, "-m", "cutmix_runner", *overrides])
+    check_process_count(args)
     # torchrun logs each failed rank at ERROR with a traceback (the ranks say why themselves),
     # and a note that it set OMP_NUM_THREADS=1 per rank (what a 2-core box wants anyway).
     for name in list(logging.root.manager.loggerDict):  # each sets its own level: one by one

@@ -130,3 +130,34 @@ def test_a_checkpoint_with_the_old_numpy_rng_state_still_loads(tmp_path: Path) -
     loaded = checkpoint.load(tmp_path / "last.pt")
     assert loaded.rng["numpy"][0] == "MT19937"
     assert np.array_equal(loaded.rng["numpy"][1], state.rng["numpy"][1])
+
+
+@pytest.mark.parametrize("change, words", [
+    ("config", "trainer.from_the_future: no such key"),
+    ("weights", "its weights do not fit the model: no tensor"),
+    ("shape", "has shape (3,), the model"),
+])
+def test_a_checkpoint_from_another_version_or_model_is_one_line(
+        change: str, words: str, trained_run: Path, tmp_path: Path) -> None:
+    """A config key this version does not know, a missing tensor, a tensor of another shape:
+    each refused in one line that names it."""
+    import torch
+
+    from tests.helpers import run_tool
+
+    state = checkpoint.load(trained_run / "checkpoints" / "best.pt").to_dict()
+    first = next(iter(state["model"]))
+    if change == "config":
+        state["config"]["trainer"]["from_the_future"] = 1
+    elif change == "weights":
+        del state["model"][first]
+    else:
+        state["model"][first] = torch.zeros(3)
+    torch.save(state, tmp_path / "other.pt")
+    image = tmp_path / "photo.png"
+    image.write_bytes(b"")
+    result = run_tool("predict", str(tmp_path / "other.pt"), str(image))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert words in result.stderr
+    if change != "config":
+        assert first in result.stderr

@@ -281,3 +281,23 @@ def test_bad_input_under_torchrun_is_one_line(override: str, message: str,
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("count, words", [("0", "--nproc_per_node=0: give a number"),
+                                          ("two", "--nproc_per_node=two: give a number"),
+                                          ("gpu", "no CUDA device here")])
+def test_a_bad_process_count_is_one_line_before_anything_launches(
+        count: str, words: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    import torch
+
+    from cutmix_runner import torchrun as launcher
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(sys, "argv", ["cutmix-torchrun", f"--nproc_per_node={count}", *SMOKE,
+                                      f"hydra.run.dir={tmp_path / 'run'}"])
+    with pytest.raises(SystemExit) as exit_:
+        launcher.main()
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and words in err
+    assert not (tmp_path / "run").exists()

@@ -130,9 +130,10 @@ def _bad_files(folder: Path) -> dict[str, str]:
     (folder / "notes.png").write_text("not an image")
     (folder / "empty.png").write_bytes(b"")
     Image.new("1", (20000, 20000)).save(folder / "bomb.png")  # 400 Mpx, a few kB on disk
+    (folder / "dangling.png").symlink_to(folder / "gone.png")  # a link that points nowhere
     return {"truncated.jpg": "damaged image", "notes.png": "not an image",
             "empty.png": "empty file", "bomb.png": "decompression-bomb",
-            "missing.jpg": "no such file"}
+            "missing.jpg": "no such file", "dangling.png": "no such file"}
 
 
 def test_bad_files_are_error_rows_and_the_rest_is_classified(trained_run: Path,
