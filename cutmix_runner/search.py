@@ -57,7 +57,34 @@ def load_space(name_or_path: str) -> dict[str, dict[str, Any]]:
         if not isinstance(bounds, list) or (kinds[0] != "categorical" and len(bounds) != 2):
             raise SearchError(f"{path}: {key}: {kinds[0]} takes a list "
                               f"{'of choices' if kinds[0] == 'categorical' else '[low, high]'}")
+        _check_values(path, key, kinds[0], bounds, bool(spec.get("log", False)))
     return space
+
+
+def _check_values(path: Path, key: str, kind: str, bounds: list[Any], log: bool) -> None:
+    """Values Optuna could sample: choices at all; numbers, low <= high, positive on a log scale."""
+    if kind == "categorical":
+        if not bounds:
+            raise SearchError(f"{path}: {key}: categorical needs at least one choice")
+        return
+    low, high = bounds
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in bounds):
+        raise SearchError(f"{path}: {key}: {kind} bounds must be numbers, got {bounds}")
+    if low > high:
+        raise SearchError(f"{path}: {key}: low {low} is above high {high}")
+    if log and low <= 0:
+        raise SearchError(f"{path}: {key}: a log scale needs low > 0, got {low}")
+
+
+def check_keys(space: dict[str, dict[str, Any]], base: list[str]) -> None:
+    """Every key of the space is a key cutmix-train accepts, with a value from its range: a
+    mistyped key fails here, once, not in every trial."""
+    from cutmix_runner.cli import compose_train
+    from cutmix_runner.validation import validate
+
+    for key, spec in space.items():
+        kind = next(k for k in KINDS if k in spec)
+        validate(compose_train([*base, f"{key}={spec[kind][0]}"]))
 
 
 def suggest(trial: Any, space: dict[str, dict[str, Any]]) -> list[str]:
@@ -188,9 +215,11 @@ def search(args: argparse.Namespace, command: str) -> Path:
 
     space = load_space(args.space)
     base = validate(compose_train(args.overrides))  # shared overrides fail here, once
+    check_keys(space, args.overrides)
     out = args.out / args.study_name  # trial numbers count per study
-    out.mkdir(parents=True, exist_ok=True)
     url = args.storage or f"sqlite:///{(args.out / 'study.db').resolve()}"
+    if args.storage is None:  # the default database lives in --out, which must exist first
+        args.out.mkdir(parents=True, exist_ok=True)
     try:
         # The heartbeat marks a trial whose process died (a kill, a timeout) as failed.
         with warnings.catch_warnings():
@@ -201,8 +230,11 @@ def search(args: argparse.Namespace, command: str) -> Path:
             load_if_exists=True,
             sampler=optuna.samplers.TPESampler(seed=args.seed + len(_existing(storage, args))),
             pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0))
-    except (ValueError, ImportError, optuna.exceptions.OptunaError) as exc:
-        raise SearchError(f"--storage {url}: {exc}") from None
+    except Exception as exc:  # a bad URL, a folder it cannot create, a driver not installed
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise SearchError(f"--storage {url}: unusable ({type(exc).__name__}: {first[:200]}); "
+                          "give an RDB URL such as sqlite:///path/study.db") from None
+    out.mkdir(parents=True, exist_ok=True)
     done = len(study.trials)
     study.optimize(objective(space, args.overrides, out), n_trials=args.trials,
                    catch=(UserError,))

@@ -71,3 +71,27 @@ def test_bad_space_and_bad_overrides_are_one_line(tmp_path: Path) -> None:
     result = _search(tmp_path, "--trials", "1", "trainer.bach_size=3")
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert "bach_size" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("space, words", [
+    ("schedule.stages.head.lr_head: {float: [0.01, 0.001]}", "low 0.01 is above high 0.001"),
+    ("schedule.stages.head.lr_head: {float: [0.0, 0.1], log: true}", "log scale needs low > 0"),
+    ("schedule.stages.head.regularizer.name: {categorical: []}", "at least one choice"),
+    ("schedule.stages.head.lr_hed: {float: [0.001, 0.01]}", "lr_hed"),
+])
+def test_impossible_space_values_and_unknown_keys_fail_before_any_trial(
+        space: str, words: str, tmp_path: Path) -> None:
+    (tmp_path / "space.yaml").write_text(space + "\n")
+    result = _search(tmp_path, "--trials", "1")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert words in result.stderr
+    assert not (tmp_path / "search" / "cutmix-search").exists()  # no trial ran
+
+
+@pytest.mark.parametrize("storage", ["not a url", "sqlite:////proc/no/such/dir/study.db"])
+def test_an_unusable_storage_is_one_line(storage: str, tmp_path: Path) -> None:
+    (tmp_path / "space.yaml").write_text(SPACE)
+    result = _search(tmp_path, "--trials", "1", "--storage", storage)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "--storage" in result.stderr and "unusable" in result.stderr
+    assert not (tmp_path / "search").exists()  # nothing written
