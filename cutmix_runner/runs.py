@@ -90,7 +90,11 @@ def load_runs(paths: list[Path]) -> list[Run]:
                               "the run") from None
         overrides = dict(o.lstrip("+~").split("=", 1) for o in raw or [] if "=" in o)
         robustness = run / "eval" / "eval.json"
-        runs.append(Run(run, overrides, _read_json(run / "summary.json"),
+        summary = _read_json(run / "summary.json")
+        if "test_accuracy" not in summary:
+            raise ReportError(f"{run / 'summary.json'} holds no test accuracy: not a finished "
+                              "run's summary; re-run that run, or leave it out")
+        runs.append(Run(run, overrides, summary,
                         _read_records(run / "metrics.jsonl"),
                         _read_json(robustness) if robustness.exists() else None))
     return runs

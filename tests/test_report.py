@@ -190,3 +190,10 @@ def test_cli_error_is_one_line(tmp_path: Path) -> None:
     result = run_tool("report", str(tmp_path / "nothing"))
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "no such run" in result.stderr
+
+
+def test_a_summary_without_results_is_refused_in_one_line(sweep: Path, tmp_path: Path) -> None:
+    (next(sweep.glob("*/summary.json"))).write_text("{}")
+    result = run_tool("report", str(sweep), "--out", str(tmp_path / "r"))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "holds no test accuracy" in result.stderr and not (tmp_path / "r").exists()
