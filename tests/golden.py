@@ -7,9 +7,9 @@ Record (only when a change of results is intended, and say so in the commit):
 The smoke run is recorded single-threaded (`trainer.num_threads=1`). Between CPUs (AVX2,
 AVX-512, AMX) and thread counts, float kernels round differently; measured on one machine, one
 thread against two moved validation losses by up to 0.3 %, validation accuracy by one image in 40
-and ECE by 0.03, while the training loss agreed to 1e-6. The tolerances below sit well above
-that and well below what a changed seed, data order, schedule or loss does (tests/test_golden.py
-changes each on purpose and checks that the comparison fails).
+and ECE by 0.03, while the training loss agreed to 1e-6; across ISAs, see ACCURACY below. The
+tolerances sit above that and below what a changed seed, data order, schedule or loss does
+(tests/test_golden.py changes each on purpose and checks that the comparison fails).
 """
 
 from __future__ import annotations
@@ -37,7 +37,13 @@ EXACT = {"stage", "stage_index", "epoch", "global_epoch", "stage_end", "regulari
          "frozen_precision", "processes"}
 # (relative, absolute) tolerance by key, validation keys without their "val_" prefix; keys not
 # listed here or above use DEFAULT.
-ACCURACY, PER_CLASS, CALIBRATION, CONFIDENCE = (0.0, 0.05), (0.0, 0.2), (0.0, 0.1), (0.0, 0.05)
+# Accuracies and calibration come from argmaxes and bins over 40-100 images of a tiny model near
+# chance in its first epochs, where a rounding difference flips a prediction: forcing AVX2
+# kernels on the AVX-512 EPYC (ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2) moved the first
+# epoch's validation accuracy by 4 of 40 images and its ECE by 0.12, and a real AVX2-only EPYC
+# moved clean-train accuracy by 4 of 60. Losses move by under 1 % and stay tight below, so a
+# changed seed, data order, LR or loss still fails (tests/test_golden.py).
+ACCURACY, PER_CLASS, CALIBRATION, CONFIDENCE = (0.0, 0.125), (0.0, 0.3), (0.0, 0.15), (0.0, 0.08)
 TOLERANCE = {
     "train_loss": (1e-3, 0.0),
     "accuracy": ACCURACY, "clean_train_accuracy": ACCURACY, "generalization_gap": ACCURACY,
