@@ -111,6 +111,21 @@ class Progress:
         return True
 
 
+@dataclass
+class Saver:
+    """The loop's checkpointing in one call, as timm's CheckpointSaver: note a new best in the
+    run's progress first (so both files record it), then write best.pt on a new best and
+    last.pt always; a process that `writes` nothing (DDP ranks but 0) only keeps the record."""
+
+    folder: Path
+    writes: bool = True
+
+    def __call__(self, state: RunState, progress: Progress) -> None:
+        is_best = progress.note_best(state)
+        if self.writes:
+            save(state, self.folder, is_best)
+
+
 def save(state: RunState, folder: Path, is_best: bool) -> None:
     """Write best.pt (on a new best) and then last.pt, each atomically."""
     data = _serialise(state)

@@ -24,11 +24,11 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from cutmix_runner import interrupts
+from cutmix_runner import config, interrupts
 from cutmix_runner.config import ConfigError, register_configs
 from cutmix_runner.errors import UserError
 
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+CONFIG_DIR = str(config.CONFIG_DIR)
 
 register_configs()
 

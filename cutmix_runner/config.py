@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -22,6 +23,10 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from cutmix_runner.errors import ConfigError
+
+# The YAML tree (`configs/` at the repository root links here): package data, so that an
+# installed wheel composes the same configs as a checkout.
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 # Keys that do not change results: resume accepts a checkpoint with them changed, the report
 # ignores them when it groups runs into arms, and sweep directory names leave them out

@@ -23,10 +23,11 @@ from typing import Any
 
 import yaml
 
+from cutmix_runner.config import CONFIG_DIR
 from cutmix_runner.errors import UserError
 
 log = logging.getLogger(__name__)
-SPACES = Path(__file__).resolve().parent.parent / "configs" / "search"
+SPACES = CONFIG_DIR / "search"
 KINDS = ("int", "float", "categorical")
 
 

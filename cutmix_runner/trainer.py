@@ -202,9 +202,7 @@ def run_stage(run: Run, index: int, name: str, stage: StageConfig,
             stage_seconds=seconds, val_accuracy=record["val_accuracy"],
             optimizer=step.optimizer.state_dict(), scheduler=step.scheduler.state_dict(),
             plateau=stage_end.state())
-        is_best = progress.note_best(state)  # before saving: both files record the new best
-        if run.world.is_writer:
-            checkpoint.save(state, run.ckpt_dir, is_best)
+        checkpoint.Saver(run.ckpt_dir, writes=run.world.is_writer)(state, progress)
         if ended_by is not None:
             log.info("stage '%s' ended by %s after %d epochs", name, ended_by, epoch + 1)
             return
