@@ -14,6 +14,12 @@ DATA_ARGS := data.root=$(DATA_ROOT)$(if $(filter $(LOCAL_CIFAR),$(DATA_ROOT)), d
 # LAUNCHER=slurm as a SLURM job array (configs/hydra/launcher/, the [cluster] extra).
 LAUNCHER ?=
 LAUNCH_ARGS := $(if $(LAUNCHER),hydra/launcher=$(LAUNCHER))
+# A list written over several lines (words), as Hydra's comma-separated sweep values: a
+# continued line would put a space after a comma, which Hydra reads as two overrides.
+empty :=
+space := $(empty) $(empty)
+comma := ,
+commas = $(subst $(space),$(comma),$(strip $(1)))
 
 .PHONY: help setup test test-all lint train sweep presets reproduce reproduce-full study study-pilot study-full-data study-eval study-report study-v2 smoke bench gpu-bundle gpu-check golden clean
 .DEFAULT_GOAL := help
@@ -91,8 +97,9 @@ reproduce-full: setup ## the claims study on the full training set -> docs/resul
 # fits 8 CPU-hours only without the 2 x 2 in the short regime and without study_constant
 # (docs/study.md, "Budget"); both presets stay, for a later, larger budget.
 STUDY_BOTH ?= study_none,study_increasing
-STUDY_LONG ?= study_early_mild,study_early_strong,study_late_mild,study_late_strong,\
-study_decreasing,study_frozen_none,study_frozen_increasing,study_mixup_increasing
+STUDY_LONG ?= $(call commas,study_early_mild study_early_strong study_late_mild \
+	study_late_strong study_decreasing study_frozen_none study_frozen_increasing \
+	study_mixup_increasing)
 STUDY_SIZES ?= 1000,5000
 STUDY_SEEDS ?= 0 1 2 3 4
 STUDY_DIR ?= multirun/study3
@@ -102,8 +109,9 @@ STUDY_TRAIN = $(BIN)/cutmix-train -m $(DATA_ARGS) $(LAUNCH_ARGS) data.train_subs
 	'hydra.sweep.subdir=$${hydra.job.override_dirname}' $(ARGS)
 # cutmix-eval for the MixUp-vs-CutMix claim: 2,000 test images, all 15 corruptions (named, so
 # that a box without frost's photographs fails instead of measuring fewer), severities 1-5.
-STUDY_CORRUPTIONS := gaussian_noise,shot_noise,impulse_noise,defocus_blur,glass_blur,motion_blur,\
-zoom_blur,snow,fog,brightness,contrast,elastic_transform,pixelate,jpeg_compression,frost
+STUDY_CORRUPTIONS := $(call commas,gaussian_noise shot_noise impulse_noise defocus_blur \
+	glass_blur motion_blur zoom_blur snow fog brightness contrast elastic_transform pixelate \
+	jpeg_compression frost)
 STUDY_EVAL_RUNS = $(wildcard $(STUDY_DIR)/*experiment=study_increasing,schedule=study_long* \
 	$(STUDY_DIR)/*experiment=study_mixup_increasing,schedule=study_long*)
 STUDY_REPORT = $(BIN)/cutmix-report $(STUDY_OUT)/runs --out $(STUDY_OUT) --force \
@@ -150,8 +158,8 @@ study-report: setup ## the study's report from its runs -> docs/results/study/re
 # The second design (issue 12; its runs and report are docs/results/study-v2): timing x strength
 # (2 x 2) with per-batch CutMix, the baseline and the freeze-depth arms, at 1,000 and 5,000
 # images, seeds 0-4. Its report applies the third study's corrected tests to those 90 runs.
-V2_ARMS := baseline,cutmix_early_mild,cutmix_early_strong,cutmix_late_mild,cutmix_late_strong,\
-frozen_baseline,frozen_cutmix_mild,unfrozen_baseline,unfrozen_cutmix_mild
+V2_ARMS := $(call commas,baseline cutmix_early_mild cutmix_early_strong cutmix_late_mild \
+	cutmix_late_strong frozen_baseline frozen_cutmix_mild unfrozen_baseline unfrozen_cutmix_mild)
 V2_DIR ?= multirun/study
 V2_OUT ?= docs/results/study-v2
 study-v2: setup ## the second study design (90 runs, resumable) -> docs/results/study-v2
