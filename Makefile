@@ -116,7 +116,12 @@ STUDY_EVAL_RUNS = $(wildcard $(STUDY_DIR)/*experiment=study_increasing,schedule=
 	$(STUDY_DIR)/*experiment=study_mixup_increasing,schedule=study_long*)
 STUDY_REPORT = $(BIN)/cutmix-report $(STUDY_OUT)/runs --out $(STUDY_OUT) --force \
 	--stratum-key schedule --reference study_none --reference default_run
+# Runs finished in earlier sittings come back from docs/results/study/runs first (summary,
+# metrics, .hydra/): a run directory with summary.json is kept as it is, so they are skipped.
+STUDY_RESTORE = $(if $(wildcard $(STUDY_OUT)/runs),$(BIN)/python scripts/collect_runs.py \
+	$(STUDY_OUT)/runs $(STUDY_DIR))
 study: setup ## the third study (resumable; docs/study.md) -> docs/results/study
+	$(STUDY_RESTORE)
 	for seed in $(STUDY_SEEDS); do \
 	  $(STUDY_TRAIN) trainer.seed=$$seed schedule=study_short,study_long experiment=$(STUDY_BOTH) \
 	  && $(STUDY_TRAIN) trainer.seed=$$seed schedule=study_long experiment=$(STUDY_LONG) \
@@ -135,6 +140,7 @@ study-full-data: setup ## the study's full-data row (3 arms x 3 seeds of the def
 # The pilot: seeds 0-2 of the unmixed arm and the post's recipe in every regime and size. Its runs
 # are the study's own (same directories), so `make study` later skips them.
 study-pilot: setup ## the study's pilot (docs/study.md: the SDs that chose the seed count)
+	$(STUDY_RESTORE)
 	for seed in 0 1 2; do \
 	  $(STUDY_TRAIN) trainer.seed=$$seed schedule=study_short,study_long \
 	    experiment=study_none,study_increasing || exit $$?; \
