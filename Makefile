@@ -74,16 +74,17 @@ REPRO_SEEDS ?= 0,1,2
 REPRO_DIR := multirun/reproduce-$(shell date +%Y%m%d-%H%M%S)
 REPRO_DATA ?= data.train_subset=5000 data.val_size=2000 trainer.clean_train_size=1000 \
 	trainer.flip_subset=500
-reproduce: setup ## the claims study (5 presets x 3 seeds, subset) -> docs/results/
+# Its report goes beside its runs: the tracked docs/results/ keeps the record it was made from.
+reproduce: setup ## the claims study (5 presets x 3 seeds, subset) -> its sweep folder's report/
 	$(BIN)/cutmix-train -m $(DATA_ARGS) $(LAUNCH_ARGS) trainer.seed=$(REPRO_SEEDS) \
 		experiment=$(REPRO_ARMS) $(REPRO_DATA) trainer.progress=false hydra.sweep.dir=$(REPRO_DIR) $(ARGS)
-	$(BIN)/cutmix-report $(REPRO_DIR) --out docs/results
+	$(BIN)/cutmix-report $(REPRO_DIR) --out $(REPRO_DIR)/report
 
 # The same study on the full training set (hours on CPU, minutes on a GPU).
-reproduce-full: setup ## the claims study on the full training set -> docs/results-full/
+reproduce-full: setup ## the claims study on the full training set -> its sweep folder's report/
 	$(BIN)/cutmix-train -m $(DATA_ARGS) $(LAUNCH_ARGS) trainer.seed=$(REPRO_SEEDS) \
 		experiment=$(REPRO_ARMS) trainer.progress=false hydra.sweep.dir=$(REPRO_DIR)-full $(ARGS)
-	$(BIN)/cutmix-report $(REPRO_DIR)-full --out docs/results-full
+	$(BIN)/cutmix-report $(REPRO_DIR)-full --out $(REPRO_DIR)-full/report
 
 # The third study (issue 21, docs/study.md): when CutMix helps a staged fine-tune. Per-image
 # mixing (regularizer.mode=elem), a data draw per seed, two regimes (schedule=study_short, 1+1+2
