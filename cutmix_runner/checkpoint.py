@@ -126,6 +126,13 @@ class Saver:
             save(state, self.folder, is_best)
 
 
+def prune(folder: Path, keep: str) -> None:
+    """A finished run's checkpoints beyond what `trainer.keep_checkpoints` keeps."""
+    drop = {"both": (), "best": (LAST,), "none": (LAST, BEST)}[keep]
+    for name in drop:
+        (folder / name).unlink(missing_ok=True)
+
+
 def save(state: RunState, folder: Path, is_best: bool) -> None:
     """Write best.pt (on a new best) and then last.pt, each atomically."""
     data = _serialise(state)

@@ -90,6 +90,7 @@ def finish(run: FinishedRun) -> dict[str, Any]:
         "versions": runtime.versions(),
     }
     atomic_write_json(run.out_dir / "summary.json", summary)
+    checkpoint.prune(run.ckpt_dir, run.cfg.trainer.keep_checkpoints)
     run.logger.finish(result_config(run.cfg), summary)
     log.info("test accuracy %.4f %s (single view %.4f; best-val checkpoint, %s epoch %d), "
              "final weights %.4f", summary["test_accuracy"], summary["test_protocol"],

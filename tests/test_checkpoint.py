@@ -161,3 +161,14 @@ def test_a_checkpoint_from_another_version_or_model_is_one_line(
     assert words in result.stderr
     if change != "config":
         assert first in result.stderr
+
+
+@pytest.mark.parametrize("keep, left", [("best", ["best.pt"]), ("none", [])])
+def test_a_finished_run_keeps_the_checkpoints_asked_for(keep: str, left: list[str],
+                                                        tmp_path: Path) -> None:
+    from tests.helpers import SMOKE, train_in_process
+
+    train_in_process(tmp_path / "run", *SMOKE, "trainer.num_threads=1",
+                     f"trainer.keep_checkpoints={keep}")
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == left
+    assert (tmp_path / "run" / "summary.json").exists()
