@@ -86,6 +86,23 @@ def rank_overrides() -> list[str]:
             "hydra/hydra_logging=none"]
 
 
+def remove_if_untouched(out_dir: Path) -> None:
+    """A refused run leaves no folder behind: Hydra made the run directory and its empty log
+    before the job's checks ran. Only a directory holding nothing but that empty log goes; a
+    directory that held anything before (a finished run) is left as it was."""
+    log = out_dir / "cli.log"
+    if rank() != 0 or not out_dir.is_dir() or [p.name for p in out_dir.iterdir()] != [log.name]:
+        return
+    if log.stat().st_size == 0:
+        log.unlink()
+        out_dir.rmdir()
+        here = Path.cwd().resolve()
+        for parent in out_dir.resolve().parents:  # outputs/DATE/, if it was made for this run
+            if parent == here or here not in parent.parents or any(parent.iterdir()):
+                break
+            parent.rmdir()
+
+
 def save_hydra_files(cfg: DictConfig, out_dir: Path) -> None:
     """What Hydra writes into RUN_DIR/.hydra (config.yaml, hydra.yaml, overrides.yaml), the same
     files with the same contents, written only now that nothing refused the run."""
@@ -117,6 +134,7 @@ def train(cfg: DictConfig) -> float:
             summary = train_run(run_cfg, out_dir, on_checked=(
                 (lambda: save_hydra_files(cfg, out_dir)) if save else None))
     except UserError as exc:
+        remove_if_untouched(out_dir)
         fail(str(exc))
     except KeyboardInterrupt:
         last = out_dir / "checkpoints" / "last.pt"

@@ -130,6 +130,7 @@ def test_bad_input_gets_one_line(args: tuple[str, ...], pattern: str, smoke_run:
     result = run_cli(*SMOKE, f"hydra.run.dir={tmp_path / 'run'}", *args)
     _assert_one_line_error(result, pattern)
     assert _tree_bytes(smoke_run) == before
+    assert not (tmp_path / "run").exists()  # the refused run left no folder behind
 
 
 def test_output_directory_not_writable(tmp_path: Path) -> None:
