@@ -129,8 +129,9 @@ def train(cfg: DictConfig) -> float:
             fail("torchrun trains one run: drop -m, or sweep with LAUNCHER=local")
         run_cfg = validate(cfg)
         with interrupts.handled(), distributed.joined(run_cfg.trainer.device):
-            # A hydra.output_subdir of the user's own: Hydra has written it already.
-            save = hydra_cfg.output_subdir is None and rank() == 0
+            # A hydra.output_subdir of the user's own: Hydra has written it already. The trainer
+            # calls on_checked on rank 0 alone.
+            save = hydra_cfg.output_subdir is None
             summary = train_run(run_cfg, out_dir, on_checked=(
                 (lambda: save_hydra_files(cfg, out_dir)) if save else None))
     except UserError as exc:

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import sys
-from collections.abc import Iterator
-
 
 class UserError(Exception):
     """A problem in the input (config, data, weights, checkpoint), not in the program."""
@@ -25,17 +21,3 @@ class ModelError(UserError):
 
 class RunError(UserError):
     """A run that cannot start or continue: a used directory, a bad checkpoint, a NaN loss."""
-
-
-@contextlib.contextmanager
-def one_line_errors(program: str) -> Iterator[None]:
-    """For the tools (cutmix-predict, -eval, -export): a UserError, or an OSError such as an
-    output folder that cannot be written, becomes one line on stderr and exit status 2."""
-    try:
-        yield
-    except UserError as exc:
-        print(f"{program}: error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except OSError as exc:
-        print(f"{program}: error: {exc.strerror or exc}: {exc.filename or ''}", file=sys.stderr)
-        sys.exit(2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import json
 import os
 import pickle
 import subprocess
@@ -144,3 +145,14 @@ def run_tool(name: str, *args: str) -> ToolResult:
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
     return ToolResult(code, out.getvalue(), err.getvalue())
+
+
+def heavy_modules_loaded(code: str) -> list[str]:
+    """The heavy libraries (torch, timm, ...) that `code` leaves imported, run in a fresh
+    process: what a fast command must not load."""
+    probe = (code + "\nimport json, sys\nprint(json.dumps(sorted(m for m in sys.modules if "
+             "m.split('.')[0] in ('torch', 'timm', 'torchvision', 'torchmetrics'))))")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
