@@ -3,8 +3,11 @@ readable: atomic replacement for whole files, one fsynced line at a time for met
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,24 @@ def writable_folder(folder: Path, flag: str = "--out") -> None:
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"{flag} {folder}: cannot create it ({existing} is not a writable "
                         "folder)")
+
+
+@contextlib.contextmanager
+def new_folder(folder: Path) -> Iterator[Path]:
+    """Make `folder` (and its missing parents) for a command's outputs; if the command fails or
+    is interrupted inside, remove what this made, so that no half-written output is left. A
+    folder that existed before is kept as it is."""
+    top = folder
+    while not top.parent.exists():
+        top = top.parent
+    made = not top.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield folder
+    except BaseException:
+        if made:
+            shutil.rmtree(top, ignore_errors=True)
+        raise
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

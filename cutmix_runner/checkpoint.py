@@ -14,7 +14,6 @@ array type is allowed for them, as torch's documentation suggests, and nothing e
 from __future__ import annotations
 
 import io
-import json
 import logging
 import pickle
 import shutil
@@ -33,11 +32,11 @@ from cutmix_runner.config import (
     with_current_defaults,
 )
 from cutmix_runner.errors import RunError
+from cutmix_runner.rundir import BEST, LAST, RunDir, Summary
 
 log = logging.getLogger(__name__)
 
 FORMAT = "cutmix-runner/1"
-LAST, BEST = "last.pt", "best.pt"
 # What the safe unpickler may build beyond tensors and plain values: NumPy arrays of numbers, for
 # the RNG state of checkpoints written before 2026-12-07.
 LEGACY_GLOBALS = [np._core.multiarray._reconstruct, np.ndarray, np.dtype,
@@ -190,25 +189,20 @@ def read_to_resume(path: Path, cfg: RunConfig, precision: str) -> RunState:
     return state
 
 
-def finished_summary(cfg: RunConfig, out_dir: Path) -> dict[str, Any] | None:
+def finished_summary(cfg: RunConfig, out_dir: Path) -> Summary | None:
     """With trainer.resume=auto, a run directory that already holds summary.json (written after
     the last checkpoint) is finished: its summary, once its last.pt shows the same config."""
-    summary = out_dir / "summary.json"
-    if cfg.trainer.resume != "auto" or not summary.exists():
+    run = RunDir(out_dir)
+    if cfg.trainer.resume != "auto" or not run.summary_file.exists():
         return None
-    last = out_dir / "checkpoints" / LAST
-    if last.exists():
-        diff = config_difference(with_current_defaults(load(last).config), result_config(cfg))
+    if run.last.exists():
+        diff = config_difference(with_current_defaults(load(run.last).config), result_config(cfg))
         if diff:
             raise RunError(f"trainer.resume: {out_dir} finished with a different config "
                            f"({diff}); pick a new hydra.run.dir")
     else:  # checkpoints removed to save space: the finished run is still kept, unchecked
-        log.warning("%s has no %s to compare configs with; kept as it is", out_dir, last.name)
-    try:
-        finished = json.loads(summary.read_text())
-    except json.JSONDecodeError:
-        raise RunError(f"{summary} is not valid JSON; remove it to rerun the test "
-                       "evaluation, or pick a new hydra.run.dir") from None
+        log.warning("%s has no %s to compare configs with; kept as it is", out_dir, LAST)
+    finished = run.read_summary()
     log.info("%s already finished; kept as it is (trainer.resume=auto)", out_dir)
     return finished
 
@@ -225,7 +219,7 @@ def resume_path(resume: str | None, folder: Path) -> Path | None:
         path = folder / LAST
         return path if path.exists() else None
     path = Path(resume)
-    return path / "checkpoints" / LAST if path.is_dir() else path
+    return RunDir(path).last if path.is_dir() else path
 
 
 def adopt_best(source: Path, folder: Path) -> None:
@@ -236,14 +230,6 @@ def adopt_best(source: Path, folder: Path) -> None:
         shutil.copyfile(source_best, folder / BEST)
 
 
-def run_directory(path: Path) -> Path:
-    """The run directory of a run directory or of a checkpoint in its checkpoints/ folder."""
-    return path if path.is_dir() else path.parent.parent
-
-
 def find_checkpoint(path: Path) -> Path:
     """A checkpoint file, or a run directory's best.pt (its last.pt when there is no best)."""
-    if path.is_dir():
-        folder = path / "checkpoints"
-        return folder / BEST if (folder / BEST).exists() else folder / LAST
-    return path
+    return RunDir(path).model_checkpoint() if path.is_dir() else path

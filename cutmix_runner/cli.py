@@ -9,7 +9,6 @@ Config errors: Hydra normally prints its own multi-line report; we ask it to re-
 
 from __future__ import annotations
 
-import difflib
 import os
 import sys
 import time
@@ -18,15 +17,17 @@ from typing import Any, NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import HydraException, MissingConfigException
+from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cutmix_runner import config, interrupts
-from cutmix_runner.config import ConfigError, register_configs
+from cutmix_runner.composition import one_line
+from cutmix_runner.config import register_configs
 from cutmix_runner.errors import UserError
+from cutmix_runner.rundir import HYDRA_SUBDIR, RunDir, Summary
 
 CONFIG_DIR = str(config.CONFIG_DIR)
 
@@ -72,9 +73,6 @@ def complain(text: str, shared: bool = False) -> None:
         print(f"[rank {rank()}] {text}", file=sys.stderr)
 
 
-HYDRA_SUBDIR = ".hydra"
-
-
 def rank_overrides() -> list[str]:
     """Hydra overrides for ranks other than 0: no output directory, .hydra/ or log file of their
     own. They train into rank 0's run directory (trainer.train), where rank 0 alone writes.
@@ -109,11 +107,11 @@ def save_hydra_files(cfg: DictConfig, out_dir: Path) -> None:
     # A writable copy (Hydra's own is read-only), saying where its files are, as Hydra's does.
     hydra_cfg = OmegaConf.create(OmegaConf.to_container(HydraConfig.instance().cfg))
     hydra_cfg.hydra.output_subdir = HYDRA_SUBDIR
-    folder = out_dir / HYDRA_SUBDIR
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, node in (("config.yaml", cfg), ("hydra.yaml", hydra_cfg),
-                       ("overrides.yaml", hydra_cfg.hydra.overrides.task)):
-        (folder / name).write_text(OmegaConf.to_yaml(node))
+    run = RunDir(out_dir)
+    run.hydra.mkdir(parents=True, exist_ok=True)
+    for path, node in ((run.config_file, cfg), (run.hydra_file, hydra_cfg),
+                       (run.overrides_file, hydra_cfg.hydra.overrides.task)):
+        path.write_text(OmegaConf.to_yaml(node))
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
@@ -138,7 +136,7 @@ def train(cfg: DictConfig) -> float:
         remove_if_untouched(out_dir)
         fail(str(exc))
     except KeyboardInterrupt:
-        last = out_dir / "checkpoints" / "last.pt"
+        last = RunDir(out_dir).last
         where = (f"{last} holds the last finished epoch; continue with: <the same command> "
                  f"hydra.run.dir={out_dir} trainer.resume=auto"
                  if last.exists() else "no epoch had finished, nothing to resume")
@@ -162,7 +160,7 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-def _test_accuracy(summary: dict[str, Any]) -> str:
+def _test_accuracy(summary: Summary) -> str:
     text = f"{100 * summary['test_accuracy']:.2f} % ({summary['test_protocol']})"
     if summary["test_protocol"] != "single view":
         text += f", {100 * summary['test_accuracy_single_view']:.2f} % single view"
@@ -174,7 +172,7 @@ def _duration(seconds: float) -> str:
     return f"{minutes} min {rest:02d} s" if minutes else f"{rest} s"
 
 
-def closing_summary(summary: dict[str, Any], out_dir: Path) -> list[str]:
+def closing_summary(summary: Summary, out_dir: Path) -> list[str]:
     """The lines a finished run ends with: where it is, how it did, what to run next."""
     run, best = _shown(out_dir), summary["best"]
     return [
@@ -188,7 +186,7 @@ def closing_summary(summary: dict[str, Any], out_dir: Path) -> list[str]:
     ]
 
 
-def job_line(summary: dict[str, Any], out_dir: Path, job: int) -> str:
+def job_line(summary: Summary, out_dir: Path, job: int) -> str:
     """One line per job of a sweep."""
     best = summary["best"]
     return (f"cutmix-train: job {job} finished in {_duration(summary['total_seconds'])}: test "
@@ -204,48 +202,10 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep = Path(config.hydra.sweep.dir)
-        finished = len(list(sweep.glob("*/summary.json")))
+        finished = sum(RunDir(job).summary_file.exists() for job in sweep.glob("*/"))
         shown = _shown(sweep)
         print(f"cutmix-train: sweep finished, {finished} runs in {shown}; compare them: "
               f"cutmix-report {shown} --out {shown}/report", file=sys.stderr)
-
-
-def compose_train(overrides: list[str]) -> DictConfig:
-    """The `train` config as `cutmix-train OVERRIDES...` composes it, outside a Hydra job (for
-    cutmix-search's trials); a bad override is a UserError with cutmix-train's one line."""
-    from hydra import compose, initialize_config_dir
-
-    try:
-        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-            return compose("train", overrides=overrides)
-    except (HydraException, OmegaConfBaseException) as exc:
-        cause = exc.__cause__ if isinstance(exc.__cause__, OmegaConfBaseException) else exc
-        raise ConfigError(f"config error: {_one_line(cause)}") from None
-
-
-def _missing_option(exc: MissingConfigException) -> str:
-    """`GROUP=NAME` that does not exist: every option of the group, the nearest first."""
-    group, _, name = (exc.missing_cfg_file or "").rpartition("/")
-    options = sorted(exc.options or [], key=lambda option: (
-        -difflib.SequenceMatcher(None, name, option).ratio(), option))
-    return (f"{group}={name}: no such option; choose from {', '.join(options)} "
-            "(nearest first)")
-
-
-def _one_line(exc: BaseException) -> str:
-    missing = next((e for e in (exc, exc.__cause__, exc.__context__)
-                    if isinstance(e, MissingConfigException) and e.options), None)
-    if missing is not None:
-        return _missing_option(missing)
-    if isinstance(exc, OmegaConfBaseException):
-        # OmegaConf appends "full_key: ..., object_type=..." lines; keep the first line and key.
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-        key = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("full_key:")), "")
-        first = lines[0] if lines else type(exc).__name__
-        return f"{first} (key: {key})" if key and key not in first else first
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    # Hydra's override errors put the cause after "Could not override ...".
-    return " ".join(lines[:3]) if lines else type(exc).__name__
 
 
 def main() -> None:
@@ -262,7 +222,7 @@ def main() -> None:
         train()
     except (HydraException, OmegaConfBaseException) as exc:
         cause = exc.__cause__ if isinstance(exc.__cause__, OmegaConfBaseException) else exc
-        complain(f"cutmix-train: config error: {_one_line(cause)}")
+        complain(f"cutmix-train: config error: {one_line(cause)}")
         sys.exit(2)
     except OSError as exc:  # e.g. an output directory that cannot be created or written
         complain(f"cutmix-train: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))

@@ -6,6 +6,12 @@ from the module-level ``parse``, before any training starts. The names a key may
 regularizer, an optimizer, a data set) come from the registries of the modules that build them,
 so adding an option is one entry in one file.
 
+Recipe values (what a run trains with) live in the YAML alone: their fields here are MISSING,
+so a config that is not composed from the YAML fails instead of training a recipe no run uses.
+The defaults that remain are the neutral ones: the "off" value of an option (no regularizer, no
+ramp, no trigger) and the result-neutral settings (device, logging, resume), which a checkpoint's
+config does not hold and a key added later takes on an older checkpoint.
+
 This module imports no torch, and nothing of this package but its errors: the report uses its
 rules (which keys change results) on JSON alone. Whether an option name exists is asked of the
 registry that builds it, by validation.py, one layer up.
@@ -19,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, ValidationError
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, ValidationError
 
 from cutmix_runner.errors import ConfigError
 
@@ -55,12 +61,12 @@ def _check_prob(value: float, key: str) -> None:
 
 @dataclass
 class ModelConfig:
-    name: str = "tf_efficientnet_lite0"
+    name: str = MISSING  # a timm model name, e.g. tf_efficientnet_lite0
     # a key of model.WEIGHT_SOURCES (packaged | timm | none), or a path to a state dict
-    weights: str = "packaged"
+    weights: str = MISSING
     # Input resolution; null means the backbone's own pretrained size.
-    image_size: int | None = 64
-    drop_rate: float = 0.2
+    image_size: int | None = MISSING
+    drop_rate: float = MISSING
     # Pad trained depthwise convs before convolving (model.py): same numbers, a different CPU
     # kernel. null = decided per device by runtime.explicit_padding_pays (measured both ways).
     explicit_depthwise_padding: bool | None = None
@@ -73,24 +79,30 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    name: str = "cifar10"  # a key of data.DATASETS: cifar10 | synthetic
-    root: str = "data/cifar10"
+    name: str = MISSING  # a key of data.DATASETS: cifar10 | synthetic
+    root: str = "data/cifar10"  # holds cifar-10-batches-py/ (or is that folder)
+    # true: fetch the official archive (MD5-checked) when the folder is missing
     download: bool = False
-    val_size: int = 5000
-    train_subset: int | None = None
-    split_seed: int = 0
+    val_size: int = MISSING  # stratified hold-out from the training set, for model selection
+    train_subset: int | None = None  # e.g. 5000 for a stratified small-data study
+    # A fixed stratified subset of the test set (the same images for every seed and split), for
+    # quick runs whose test scoring would outlast their training; null: all of it.
+    test_subset: int | None = None
+    split_seed: int = MISSING  # fixes the validation split and subset
     # Batched augmentation: random translation by up to `pad` pixels, horizontal flip.
-    pad: int = 4
-    hflip: bool = True
-    # Only for name=synthetic.
+    pad: int = MISSING
+    hflip: bool = MISSING
+    # Only for name=synthetic: the data set itself (tiny class-coloured images, data.py).
     synthetic_train_size: int = 240
     synthetic_test_size: int = 100
     synthetic_classes: int = 10
 
     def validate(self) -> None:
         _check(self.val_size >= 0, "data.val_size", f"must be >= 0, got {self.val_size}")
-        _check(self.train_subset is None or self.train_subset > 0, "data.train_subset",
-               f"must be positive or null, got {self.train_subset}")
+        for key in ("train_subset", "test_subset"):
+            value = getattr(self, key)
+            _check(value is None or value > 0, f"data.{key}",
+                   f"must be positive or null, got {value}")
         _check(self.pad >= 0, "data.pad", f"must be >= 0, got {self.pad}")
         _check(self.synthetic_classes >= 2, "data.synthetic_classes", "must be at least 2")
 
@@ -221,7 +233,7 @@ class RegularizerConfig:
 class StageConfig:
     """One stage; its name is its key under schedule.stages."""
 
-    epochs: int = 1  # fixed length, or the cap when a trigger below may end the stage earlier
+    epochs: int = MISSING  # fixed length, or the cap when a trigger below may end the stage early
     # plateau: end once validation accuracy has not improved by min_delta for `patience` epochs
     # (0 disables).
     patience: int = 0
@@ -229,9 +241,9 @@ class StageConfig:
     # gap: end once clean-train accuracy minus validation accuracy exceeds this (null disables).
     max_gap: float | None = None
     # How much of the backbone trains: 0 = head only, N = the top N blocks, -1 = everything.
-    unfreeze_blocks: int = 0
-    lr_head: float = 1e-3
-    lr_backbone: float = 1e-4
+    unfreeze_blocks: int = MISSING
+    lr_head: float = MISSING
+    lr_backbone: float = MISSING
     warmup_epochs: float = 0.0
     regularizer: RegularizerConfig = field(default_factory=RegularizerConfig)
 
@@ -253,7 +265,7 @@ class StageConfig:
 
 @dataclass
 class ScheduleConfig:
-    name: str = "staged"
+    name: str = MISSING
     # Stages run in the order they are written; keys are stage names.
     stages: dict[str, StageConfig] = field(default_factory=dict)
 
@@ -279,11 +291,11 @@ LR_SCALING: dict[str, float] = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}
 
 @dataclass
 class OptimConfig:
-    name: str = "adamw"  # a key of optim.OPTIMIZERS: adamw | sgd
-    weight_decay: float = 0.01
-    momentum: float = 0.9  # sgd only
+    name: str = MISSING  # a key of optim.OPTIMIZERS: adamw | sgd
+    weight_decay: float = MISSING
+    momentum: float = 0.9  # sgd only; every checkpoint records it, so it stays as it was
     # Cosine decays each stage's learning rates to this fraction of their peak.
-    min_lr_ratio: float = 0.01
+    min_lr_ratio: float = MISSING
     grad_clip: float | None = None
     # The stages' learning rates are tuned at `reference_batch_size`; at another batch size they
     # are multiplied by (batch / reference) ** 0.5 for "sqrt" (the rule for Adam-type optimizers),
@@ -306,37 +318,38 @@ class OptimConfig:
 @dataclass
 class TrainerConfig:
     device: str = "auto"  # auto | cpu | cuda
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+    precision: str = MISSING  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
     # Evaluation passes (validation, diagnostics, test): fp32 | bf16 | auto (bf16 on CUDA and
     # on CPUs with native bf16). fp32 by default on CPU: bf16 ran 1.3x faster on an AMX CPU but
     # moved single-view test accuracy by 0.2 point on the same weights (docs/benchmarks.md).
-    eval_precision: str = "fp32"
+    eval_precision: str = MISSING
     # The frozen modules' forward while training (they only extract features): fp32 | bf16 |
     # auto (bf16 on CPUs with native bf16). fp32 by default: `make bench` measures whether bf16
     # pays on your CPU (docs/benchmarks.md).
-    frozen_precision: str = "fp32"
-    batch_size: int = 128
+    frozen_precision: str = MISSING
+    batch_size: int = MISSING
     eval_batch_size: int = 128
-    seed: int = 0
-    progress: bool = True
-    channels_last: bool = True
+    seed: int = MISSING
+    progress: bool = True  # tqdm bars; also off when stderr is not a TTY
+    channels_last: bool = MISSING  # nearly 2x faster fp32 training on CPU
     num_threads: int = 0  # 0 leaves torch's default
-    keep_freed_memory: bool = True  # glibc keeps freed buffers: fewer page faults on CPU
+    # glibc mallopt: reuse freed activation buffers instead of page-faulting
+    keep_freed_memory: bool = True
     # null: a fresh run. auto: continue from this run directory's checkpoints/last.pt if there
     # is one. A path: continue from that checkpoint (or that run directory's last.pt).
     resume: str | None = None
     # Fixed subset of the training split evaluated clean (eval mode, no augmentation) each epoch.
-    clean_train_size: int = 2000
+    clean_train_size: int = MISSING
     # Prediction flip rate: the first `flip_subset` validation (and test) images, perturbed by
     # Gaussian noise of std `flip_noise_sigma` on the 0-1 pixel scale, or shifted by 1..
     # `flip_max_shift` pixels per axis; fixed seeds so that runs compare.
-    flip_subset: int = 1000
-    flip_noise_sigma: float = 0.03
-    flip_max_shift: int = 2
+    flip_subset: int = MISSING
+    flip_noise_sigma: float = MISSING
+    flip_max_shift: int = MISSING
     # Final test accuracy and loss on the mean logits of each image and its mirror (the summary
     # also keeps the single-view numbers). Validation, model selection and the diagnostics
     # always use the single view.
-    test_flip: bool = True
+    test_flip: bool = MISSING
     # Read the training loss back every N steps (progress bar, non-finite check). 1 checks each
     # loss before its update; on CUDA each read makes the host wait for the GPU, so trainer=gpu
     # reads every 50 steps, and a non-finite loss then stops the run up to 49 updates late.
@@ -444,7 +457,11 @@ def parse(cfg: DictConfig | dict[str, Any]) -> RunConfig:
                           "schema does not have); `cutmix-train --help` lists the groups") from None
     except ValidationError as exc:
         raise ConfigError(f"{exc.full_key}: {str(exc).splitlines()[0]}") from None
-    run = OmegaConf.to_object(merged)
+    try:
+        run = OmegaConf.to_object(merged)
+    except MissingMandatoryValue as exc:  # a config not composed from configs/, e.g. by hand
+        raise ConfigError(f"{exc.full_key}: no value; the recipe's YAML (configs/) sets it, so "
+                          "compose the config as cutmix-train does") from None
     assert isinstance(run, RunConfig)
     run.validate()
     return run

@@ -215,6 +215,10 @@ def class_names(cfg: DataConfig) -> tuple[str, ...]:
     return DATASETS[cfg.name].classes(cfg)
 
 
+# The test subset's draw: fixed, so that runs of any seed and split are scored on the same images.
+TEST_SUBSET_SEED = 0
+
+
 def build_splits(cfg: DataConfig) -> Splits:
     """Train, validation (held out from the official training set) and test splits."""
     tx, ty, sx, sy = DATASETS[cfg.name].load(cfg)
@@ -226,6 +230,11 @@ def build_splits(cfg: DataConfig) -> Splits:
         if cfg.train_subset < len(train_idx):
             keep, _ = stratified_split(ty[train_idx], cfg.train_subset, cfg.split_seed + 1)
             train_idx = train_idx[keep]
+    if cfg.test_subset is not None and cfg.test_subset > len(sy):
+        raise DataError(f"data.test_subset={cfg.test_subset} exceeds the {len(sy)} test images")
+    if cfg.test_subset is not None and cfg.test_subset < len(sy):
+        keep, _ = stratified_split(sy, cfg.test_subset, TEST_SUBSET_SEED)
+        sx, sy = sx[keep], sy[keep]
     return Splits(tx[train_idx], ty[train_idx], tx[val_idx], ty[val_idx], sx, sy,
                   class_names(cfg))
 

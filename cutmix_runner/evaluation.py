@@ -7,6 +7,7 @@ with a temperature fitted on validation (no tuning on the test set).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,7 @@ from torch import nn
 from cutmix_runner.config import TrainerConfig
 from cutmix_runner.data import Splits
 from cutmix_runner.metrics import (
+    accuracy,
     calibration,
     fit_temperature,
     flip_rate,
@@ -59,8 +61,7 @@ def score(logits: torch.Tensor, y: torch.Tensor) -> EvalResult:
     if len(y) == 0:
         return EvalResult(0.0, 0.0, 0, logits)
     loss = F.cross_entropy(logits, y).item()
-    accuracy = (logits.argmax(-1) == y).float().mean().item()
-    return EvalResult(loss, accuracy, len(y), logits)
+    return EvalResult(loss, accuracy(logits, y), len(y), logits)
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -80,8 +81,16 @@ def evaluate_flip_averaged(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     is the test-time augmentation airbench uses. `single_view_logits` are `x`'s own logits,
     already computed by the caller's single-view pass.
     """
-    mirrored = predict(model, x.flip(-1), preprocess, batch_size, autocast)
-    return score((single_view_logits + mirrored) / 2, y)
+    return score(flip_averaged(lambda images: predict(model, images, preprocess, batch_size,
+                                                      autocast), x, single_view_logits), y)
+
+
+def flip_averaged(logits_of: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
+                  single_view: torch.Tensor | None = None) -> torch.Tensor:
+    """The mean of the logits of each image and of its mirror image: the test protocol's TTA
+    (and cutmix-predict --tta flip). `single_view`: the images' own logits, if already known."""
+    own = logits_of(images) if single_view is None else single_view
+    return (own + logits_of(images.flip(-1))) / 2
 
 
 @dataclass
@@ -113,10 +122,15 @@ class Evaluator:
         self.preprocess = preprocess
         self.cfg = cfg
         self.autocast = autocast
+        self.images_per_second: float | None = None  # of the last pass, for time estimates
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> EvalResult:
-        return evaluate(self.model, x, y, self.preprocess, self.cfg.eval_batch_size,
-                        self.autocast)
+        start = time.perf_counter()
+        result = evaluate(self.model, x, y, self.preprocess, self.cfg.eval_batch_size,
+                          self.autocast)
+        if len(x):
+            self.images_per_second = len(x) / max(time.perf_counter() - start, 1e-9)
+        return result
 
     def diagnostics(self, result: EvalResult, x: torch.Tensor, y: torch.Tensor,
                     temperature: float | None = None) -> dict[str, float]:

@@ -21,16 +21,15 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cutmix_runner.artifacts import check_output
-from cutmix_runner.checkpoint import run_directory
+from cutmix_runner.artifacts import check_output, new_folder
 from cutmix_runner.errors import UserError
 from cutmix_runner.inference import TrainedModel, load_test_set, load_trained, run_summary
+from cutmix_runner.rundir import RunDir, Summary
 
 INPUT_SIZE = 32  # CIFAR's own resolution: what the exported graph takes
 MIN_AGREEMENT, MAX_LOGIT_DIFF = 0.999, 1e-3
@@ -94,7 +93,7 @@ def exportable(path: Path) -> tuple[ImageClassifier, TrainedModel]:
     return ImageClassifier(trained).eval(), trained
 
 
-def metadata(trained: TrainedModel, summary: dict[str, Any] | None) -> dict[str, str]:
+def metadata(trained: TrainedModel, summary: Summary | None) -> dict[str, str]:
     data = {"classes": json.dumps(list(trained.classes)), "input": "uint8 RGB, N x 3 x 32 x 32",
             "backbone": trained.config.model.name, "source": str(trained.source)}
     if summary:
@@ -108,7 +107,6 @@ def export_onnx(wrapper: ImageClassifier, output: Path, meta: dict[str, str]) ->
     """Write the ONNX model to `output` (metadata added, onnx.checker passed)."""
     import onnx
 
-    output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.tmp")
     example = torch.zeros(2, 3, INPUT_SIZE, INPUT_SIZE, dtype=torch.uint8)
     # torch.export-based exporter: with the pads frozen, it folds each pad into its Conv and
@@ -163,7 +161,7 @@ def verify(output: Path, wrapper: ImageClassifier, images: torch.Tensor,
                         len(images) / onnx_seconds, len(images) / torch_seconds)
 
 
-def model_card(trained: TrainedModel, summary: dict[str, Any] | None, output: Path,
+def model_card(trained: TrainedModel, summary: Summary | None, output: Path,
                check: Verification) -> str:
     cfg = trained.config
     stages = "\n".join(
@@ -223,7 +221,7 @@ def run(args: argparse.Namespace) -> int:
     if args.images < 256:
         raise UserError(f"--images {args.images}: verify on at least 256 test images")
     source = args.run
-    output = args.out or run_directory(source) / "export" / "model.onnx"
+    output = args.out or RunDir.of(source).export_file
     card = output.with_name(output.stem + "_card.md")
     for path in (output, card):
         check_output(path, args.force)
@@ -233,12 +231,14 @@ def run(args: argparse.Namespace) -> int:
     # Export beside the target and check there: a model that fails its check never replaces
     # one that passed; it stays as NAME.failed.onnx for inspection.
     candidate = output.with_name(output.stem + ".candidate.onnx")
-    try:
-        export_onnx(wrapper, candidate, metadata(trained, summary))
-        check = verify(candidate, wrapper, images)
-    except BaseException:  # an error or Ctrl-C: no half-made candidate is left behind
-        candidate.unlink(missing_ok=True)
-        raise
+    # An error or Ctrl-C leaves no half-made candidate behind, nor the folder made for it.
+    with new_folder(output.parent):
+        try:
+            export_onnx(wrapper, candidate, metadata(trained, summary))
+            check = verify(candidate, wrapper, images)
+        except BaseException:
+            candidate.unlink(missing_ok=True)
+            raise
     if check.passed:
         candidate.replace(output)
         card.write_text(model_card(trained, summary, output, check))

@@ -14,8 +14,12 @@ from __future__ import annotations
 import os
 import signal
 from collections import Counter
+from typing import TYPE_CHECKING
 
-import torch
+# Only for the type of a loss: artifacts.py imports this module, and the report, which must
+# not load torch, imports artifacts.py.
+if TYPE_CHECKING:
+    import torch
 
 _writes: Counter[str] = Counter()
 

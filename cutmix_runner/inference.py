@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import yaml
@@ -24,6 +22,7 @@ from cutmix_runner.data import build_splits, class_names
 from cutmix_runner.errors import ConfigError, DataError, RunError
 from cutmix_runner.evaluation import predict
 from cutmix_runner.model import build_model, build_preprocess
+from cutmix_runner.rundir import RunDir, Summary
 from cutmix_runner.transforms import Preprocess
 from cutmix_runner.validation import from_result_config
 
@@ -91,10 +90,9 @@ def check_weights_fit(model: nn.Module, weights: dict[str, torch.Tensor], source
                        "its tensors")
 
 
-def run_summary(source: Path) -> dict[str, Any] | None:
+def run_summary(source: Path) -> Summary | None:
     """summary.json of the run that holds checkpoint `source`, if the run finished."""
-    path = checkpoint.run_directory(source) / "summary.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    return RunDir.of(source).read_summary()
 
 
 def load_test_set(trained: TrainedModel, path: Path | str,
@@ -116,7 +114,7 @@ def load_test_set(trained: TrainedModel, path: Path | str,
 
 
 def _trained_data_root(source: Path) -> str | None:
-    hydra_config = checkpoint.run_directory(source) / ".hydra" / "config.yaml"
+    hydra_config = RunDir.of(source).config_file
     if not hydra_config.exists():
         return None
     saved = yaml.safe_load(hydra_config.read_text()) or {}

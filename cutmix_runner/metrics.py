@@ -1,10 +1,16 @@
-"""Metrics computed from logits and labels: calibration (ECE via torchmetrics, temperature,
-Brier, confidence), reliability bins, flip rate and per-class accuracy. No model, no I/O."""
+"""Metrics computed from logits and labels: accuracy, calibration (ECE via torchmetrics,
+temperature, Brier, confidence), reliability bins, flip rate and per-class accuracy. No model,
+no I/O."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 accuracy: the one definition every score (validation, test, corruptions) uses."""
+    return float((logits.argmax(-1) == labels).float().mean())
 
 
 def expected_calibration_error(logits: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from cutmix_runner.artifacts import atomic_write_bytes, check_output
 from cutmix_runner.errors import UserError
+from cutmix_runner.evaluation import flip_averaged
 from cutmix_runner.images import ImageFileError, find_images, load_image
 from cutmix_runner.inference import TrainedModel, load_trained
 from cutmix_runner.runtime import resolve_device
@@ -45,10 +46,9 @@ class Prediction:
 def flip_averaged_logits(trained: TrainedModel, images: torch.Tensor, tta: str,
                          batch_size: int) -> torch.Tensor:
     """Logits, averaged with the mirror image's under `tta=flip` (the test protocol's TTA)."""
-    logits = trained.logits(images, batch_size)
     if tta == "flip":
-        logits = (logits + trained.logits(images.flip(-1), batch_size)) / 2
-    return logits
+        return flip_averaged(lambda batch: trained.logits(batch, batch_size), images)
+    return trained.logits(images, batch_size)
 
 
 def _batches(files: list[Path], size: int) -> Iterator[list[Path]]:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cutmix_runner import claims, plots, stats
+from cutmix_runner.artifacts import new_folder
 from cutmix_runner.claims import CELL_ORDER, DESIGN2, DESIGN3, Row
 from cutmix_runner.config import neutral_keys
 from cutmix_runner.runs import ReportError, Run, eval_settings, load_runs
@@ -372,13 +373,13 @@ def build_report(paths: list[Path], out: Path, arm_keys: list[str] | None = None
     lines += comparisons_section(study, reference or [])
     factorial_lines, cells = factorial_section(study)
     lines += factorial_lines + metrics_section(study)
-    out.mkdir(parents=True, exist_ok=True)
-    lines += plots_section(study, rows, cells, out)
-    lines += ["", "## Runs", "", "| arm | stratum | seed | CPU | run directory |",
-              "|---|---|---:|---|---|"]
-    lines += [f"| {r.arm} | {r.stratum} | {r.seed} | {r.summary.get('cpu_isa', '–')} | "
-              f"`{_shown(r.path)}` |" for r in runs]
-    report.write_text("\n".join(lines) + "\n")
+    with new_folder(out):  # made now, and removed again if the figures fail or are stopped
+        lines += plots_section(study, rows, cells, out)
+        lines += ["", "## Runs", "", "| arm | stratum | seed | CPU | run directory |",
+                  "|---|---|---:|---|---|"]
+        lines += [f"| {r.arm} | {r.stratum} | {r.seed} | {r.summary.get('cpu_isa', '–')} | "
+                  f"`{_shown(r.path)}` |" for r in runs]
+        report.write_text("\n".join(lines) + "\n")
     return report
 
 

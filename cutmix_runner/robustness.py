@@ -12,7 +12,6 @@ table) and `accuracy_vs_severity.png`. `cutmix-report` reads `eval/eval.json` wh
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -23,14 +22,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from cutmix_runner.artifacts import atomic_write_json, writable_folder
-from cutmix_runner.checkpoint import run_directory
+from cutmix_runner import metrics
+from cutmix_runner.artifacts import atomic_write_json, new_folder, writable_folder
 from cutmix_runner.corruptions import CORRUPTIONS, FROST_HINT, PARAMS, available, corrupt
 from cutmix_runner.errors import UserError
 from cutmix_runner.inference import TrainedModel, load_test_set, load_trained
+from cutmix_runner.rundir import EVAL_NAME, RunDir, read_json
 from cutmix_runner.runtime import resolve_device
 
-EVAL_FILE = Path("eval") / "eval.json"
 CHUNK = 2000  # images corrupted at a time: bounds memory, not results (see corruptions.corrupt)
 RELEASED_PER_SEVERITY = 10_000  # a CIFAR-10-C file: the whole test set at each severity in turn
 # (name, severity, first, stop) -> uint8 (N, 3, H, W): test images first..stop-1, corrupted.
@@ -79,8 +78,7 @@ def released(folder: Path, names: list[str], labels: torch.Tensor) -> Source:
 
 def accuracy(trained: TrainedModel, images: torch.Tensor, labels: torch.Tensor,
              batch_size: int) -> float:
-    logits = trained.logits(images, batch_size)
-    return (logits.argmax(-1) == labels).float().mean().item()
+    return metrics.accuracy(trained.logits(images, batch_size), labels)
 
 
 def corrupted_accuracy(trained: TrainedModel, source: Source, labels: torch.Tensor,
@@ -212,22 +210,18 @@ def _choices(args: argparse.Namespace) -> tuple[list[str], list[int]]:
 
 def run(args: argparse.Namespace, command: str) -> int:
     names, severities = _choices(args)
-    out = args.out or run_directory(args.run) / "eval"
-    if (out / "eval.json").exists() and not args.force:
-        raise UserError(f"{out / 'eval.json'} already exists; pass --force to replace it")
+    out = args.out or RunDir.of(args.run).eval_dir
+    if (out / EVAL_NAME).exists() and not args.force:
+        raise UserError(f"{out / EVAL_NAME} already exists; pass --force to replace it")
     # Before any compute, a folder that cannot be made fails now, not in 25 minutes; it is
     # made only when the results are written, so a refused command leaves nothing behind.
     writable_folder(out)
     reference = None
     if args.reference is not None:
-        ref_file = args.reference / EVAL_FILE
+        ref_file = RunDir(args.reference).eval_file
         if not ref_file.exists():
             raise UserError(f"--reference: no {ref_file}; run cutmix-eval on that run first")
-        try:
-            reference = json.loads(ref_file.read_text())
-        except json.JSONDecodeError:
-            raise UserError(f"--reference: {ref_file} is not valid JSON; re-run cutmix-eval "
-                            "on that run with --force") from None
+        reference = read_json(ref_file)
     trained = load_trained(args.run, device=resolve_device(args.device, "--device"))
     images, labels = load_test_set(trained, args.run, args.data_root)
     if args.limit:
@@ -241,10 +235,10 @@ def run(args: argparse.Namespace, command: str) -> int:
                                      args.batch_size, log=True, source=files)}
     if reference is not None:
         result.update(reference=str(args.reference), **corruption_errors(result, reference))
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "eval.json", result)
-    (out / "eval.md").write_text(markdown(result, command))
-    plot(result, out / "accuracy_vs_severity.png")
+    with new_folder(out):
+        atomic_write_json(out / EVAL_NAME, result)
+        (out / "eval.md").write_text(markdown(result, command))
+        plot(result, out / "accuracy_vs_severity.png")
     print(f"cutmix-eval: clean {100 * result['clean_accuracy']:.2f} %, mean corruption accuracy "
           f"{100 * result['mean_corruption_accuracy']:.2f} % -> {out}/eval.json, eval.md, "
           "accuracy_vs_severity.png", file=sys.stderr)

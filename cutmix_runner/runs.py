@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from cutmix_runner.errors import UserError
+from cutmix_runner.rundir import RunDir, Summary, read_json
 
 # ---------------------------------------------------------------- loading runs
 
@@ -27,7 +28,7 @@ class ReportError(UserError):
 class Run:
     path: Path
     overrides: dict[str, str]
-    summary: dict[str, Any]
+    summary: Summary
     records: list[dict[str, Any]]
     eval: dict[str, Any] | None = None  # eval/eval.json from cutmix-eval, when the run has one
     arm: str = ""
@@ -54,13 +55,6 @@ def _read_records(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ReportError(f"{path} is not valid JSON ({exc}); re-create or remove it") from None
-
-
 def eval_settings(run: Run) -> tuple | None:
     """What a run's cutmix-eval measured: runs compare only when this is the same."""
     if run.eval is None:
@@ -76,25 +70,21 @@ def load_runs(paths: list[Path]) -> list[Run]:
     for path in paths:
         if not path.exists():
             raise ReportError(f"no such run or sweep directory: {path}")
-        found += [path] if (path / "summary.json").exists() else sorted(
-            p.parent for p in path.rglob("summary.json"))
+        found += [path] if RunDir(path).summary_file.exists() else sorted(
+            p.parent for p in path.rglob(RunDir(path).summary_file.name))
     if not found:
         raise ReportError(f"no finished runs (summary.json) under {', '.join(map(str, paths))}")
-    runs = []
-    for run in dict.fromkeys(p.resolve() for p in found):  # overlapping paths count once
-        overrides_file = run / ".hydra" / "overrides.yaml"
-        try:
-            raw = yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else []
-        except yaml.YAMLError:
-            raise ReportError(f"{overrides_file} is not valid YAML; re-create or remove "
-                              "the run") from None
-        overrides = dict(o.lstrip("+~").split("=", 1) for o in raw or [] if "=" in o)
-        robustness = run / "eval" / "eval.json"
-        summary = _read_json(run / "summary.json")
-        if "test_accuracy" not in summary:
-            raise ReportError(f"{run / 'summary.json'} holds no test accuracy: not a finished "
-                              "run's summary; re-run that run, or leave it out")
-        runs.append(Run(run, overrides, summary,
-                        _read_records(run / "metrics.jsonl"),
-                        _read_json(robustness) if robustness.exists() else None))
-    return runs
+    return [_load_run(RunDir(path)) for path in dict.fromkeys(p.resolve() for p in found)]
+
+
+def _load_run(run: RunDir) -> Run:
+    try:
+        raw = yaml.safe_load(run.overrides_file.read_text()) if run.overrides_file.exists() else []
+    except yaml.YAMLError:
+        raise ReportError(f"{run.overrides_file} is not valid YAML; re-create or remove "
+                          "the run") from None
+    overrides = dict(o.lstrip("+~").split("=", 1) for o in raw or [] if "=" in o)
+    summary = run.read_summary()
+    assert summary is not None  # found by its summary.json
+    return Run(run.path, overrides, summary, _read_records(run.metrics_file),
+               read_json(run.eval_file) if run.eval_file.exists() else None)

@@ -80,7 +80,7 @@ def _check_values(path: Path, key: str, kind: str, bounds: list[Any], log: bool)
 def check_keys(space: dict[str, dict[str, Any]], base: list[str]) -> None:
     """Every key of the space is a key cutmix-train accepts, with a value from its range: a
     mistyped key fails here, once, not in every trial."""
-    from cutmix_runner.cli import compose_train
+    from cutmix_runner.composition import compose_train
     from cutmix_runner.validation import validate
 
     for key, spec in space.items():
@@ -128,7 +128,7 @@ class PruningReporter:
 
 def objective(space: dict[str, dict[str, Any]], base: list[str], out: Path) -> Any:
     from cutmix_runner import trainer
-    from cutmix_runner.cli import compose_train
+    from cutmix_runner.composition import compose_train
     from cutmix_runner.validation import validate
 
     def run_trial(trial: Any) -> float:
@@ -142,6 +142,10 @@ def objective(space: dict[str, dict[str, Any]], base: list[str], out: Path) -> A
         run.logger = PruningReporter(logger, trial, len(cfg.schedule.stages) - 1)  # type: ignore[assignment]
         try:
             trainer.train_stages(run)  # training and validation only: no test set
+        except KeyboardInterrupt:
+            # Optuna would add two warnings about this trial; the command's one line says it.
+            logging.getLogger("optuna.study._optimize").addFilter(lambda _record: False)
+            raise
         finally:
             logger.close()
         best = run.progress.best
@@ -156,12 +160,12 @@ def test_best(study: Any, data_root: str) -> float:
     """The best trial's best-validation checkpoint on the test set, single view: the search's
     one test evaluation (each invocation re-scores the best trial so far)."""
     from cutmix_runner.inference import load_test_set, load_trained
-    from cutmix_runner.robustness import accuracy
+    from cutmix_runner.metrics import accuracy
 
     run_dir = Path(study.best_trial.user_attrs["run_dir"])
     trained = load_trained(run_dir)
     images, labels = load_test_set(trained, run_dir, data_root)
-    return accuracy(trained, images, labels, batch_size=256)
+    return accuracy(trained.logits(images, batch_size=256), labels)
 
 
 def importance(study: Any) -> dict[str, float]:
@@ -211,7 +215,7 @@ def write_report(study: Any, out: Path, test_accuracy: float, command: str) -> P
 def search(args: argparse.Namespace, command: str) -> Path:
     import optuna
 
-    from cutmix_runner.cli import compose_train
+    from cutmix_runner.composition import compose_train
     from cutmix_runner.validation import validate
 
     space = load_space(args.space)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
@@ -13,6 +12,7 @@ import torch
 from cutmix_runner import checkpoint, runtime
 from cutmix_runner.artifacts import atomic_write_json
 from cutmix_runner.config import result_config
+from cutmix_runner.rundir import Summary
 
 if TYPE_CHECKING:
     from cutmix_runner.checkpoint import Progress
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from cutmix_runner.data import Splits
     from cutmix_runner.evaluation import Evaluator
     from cutmix_runner.loggers import RunLogger
+    from cutmix_runner.rundir import RunDir
     from cutmix_runner.runtime import Runtime
 
 
@@ -28,7 +29,7 @@ class FinishedRun(Protocol):
     needs nothing from the trainer above it."""
 
     cfg: RunConfig
-    out_dir: Path
+    dir: RunDir
     runtime: Runtime
     data: Splits
     model: torch.nn.Module
@@ -37,9 +38,6 @@ class FinishedRun(Protocol):
     logger: RunLogger
     progress: Progress
     last_val_logits: torch.Tensor
-
-    @property
-    def ckpt_dir(self) -> Path: ...
 
 log = logging.getLogger(__name__)
 
@@ -63,18 +61,34 @@ def time_to_accuracy(records: list[dict[str, Any]],
                                   if r["val_accuracy"] >= level), None) for level in levels}
 
 
-def finish(run: FinishedRun) -> dict[str, Any]:
+def announce_test(run: FinishedRun, rescore: bool) -> None:
+    """One line before the test set is scored: how many forward passes, and about how long at
+    validation's speed. On a quick run this can outlast the training; data.test_subset shrinks
+    it."""
+    n, trainer = len(run.data.test_x), run.cfg.trainer
+    passes = (n * (2 if trainer.test_flip else 1) * (2 if rescore else 1)
+              + 2 * min(trainer.flip_subset, n) + (len(run.data.val_x) if rescore else 0))
+    rate = run.evaluator.images_per_second
+    log.info("scoring the test set: %d images, %s, %s weights: %d forward passes%s", n,
+             "flip-averaged" if trainer.test_flip else "single view",
+             "final and best-validation" if rescore else "the final (best-validation)", passes,
+             f", about {passes / rate:.0f} s" if rate else "")
+
+
+def finish(run: FinishedRun) -> Summary:
     """Score the test set once, with the best-validation weights, and write summary.json."""
     data, evaluator, best_epoch = run.data, run.evaluator, run.progress.best
+    rescore = best_epoch["global_epoch"] != run.progress.global_epoch
+    announce_test(run, rescore)
     final = evaluator.test(data)
     best, val_logits = final, run.last_val_logits
-    if best_epoch["global_epoch"] != run.progress.global_epoch:
-        run.model.load_state_dict(checkpoint.load(run.ckpt_dir / checkpoint.BEST).model)
+    if rescore:
+        run.model.load_state_dict(checkpoint.load(run.dir.best).model)
         best = evaluator.test(data)
         val_logits = evaluator.evaluate(data.val_x, data.val_y).logits
     elif len(val_logits) == 0:  # resumed after the last epoch: not kept in the checkpoint
         val_logits = evaluator.evaluate(data.val_x, data.val_y).logits
-    summary = {
+    summary: Summary = {
         **evaluator.test_summary(data, best, final, val_logits),
         "best": best_epoch, "stages": run.progress.finished_stages,
         "dose": dose(run.progress.records),
@@ -89,8 +103,8 @@ def finish(run: FinishedRun) -> dict[str, Any]:
         "total_seconds": round(time.perf_counter() - run.started, 2),
         "versions": runtime.versions(),
     }
-    atomic_write_json(run.out_dir / "summary.json", summary)
-    checkpoint.prune(run.ckpt_dir, run.cfg.trainer.keep_checkpoints)
+    atomic_write_json(run.dir.summary_file, summary)
+    checkpoint.prune(run.dir.checkpoints, run.cfg.trainer.keep_checkpoints)
     run.logger.finish(result_config(run.cfg), summary)
     log.info("test accuracy %.4f %s (single view %.4f; best-val checkpoint, %s epoch %d), "
              "final weights %.4f", summary["test_accuracy"], summary["test_protocol"],

@@ -50,17 +50,51 @@ def check_process_count(args: object) -> None:
              "or auto")
 
 
+HELP = """\
+usage: cutmix-torchrun [TORCHRUN OPTIONS...] [CUTMIX-TRAIN OVERRIDES...]
+
+One cutmix-train run on N processes (DistributedDataParallel): torchrun itself running
+`-m cutmix_runner`. Leading --options are torchrun's, the rest cutmix-train's overrides.
+
+  --nproc_per_node=N     processes on this machine (a number, or cpu, gpu, auto)
+  --nnodes=N             machines (with --rdzv_endpoint, --rdzv_backend and --node_rank)
+  --torchrun-help        every torchrun option (loads torch)
+  --version              print the versions and exit
+  -h, --help             show this help and exit
+
+example: cutmix-torchrun --nproc_per_node=2 data.root=../shared/data/cifar10 trainer.sync_bn=true
+exit status: 0 done, 1 a rank failed unexpectedly, 2 bad input, 130 interrupted (README)."""
+
+
+def early_answers(options: list[str]) -> bool:
+    """--help and --version answer before torch loads (it takes seconds); True if answered."""
+    if "-h" in options or "--help" in options:
+        print(HELP)
+    elif "--version" in options:
+        from cutmix_runner.commands import version_text
+
+        print(version_text())
+    else:
+        return False
+    return True
+
+
 def fail(message: str) -> None:
     print(f"cutmix-torchrun: error: {message}", file=sys.stderr)
     sys.exit(2)
 
 
 def main() -> None:
+    options, overrides = split(sys.argv[1:])
+    if early_answers(options):
+        return
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
-    options, overrides = split(sys.argv[1:])
+    if "--torchrun-help" in options:
+        get_args_parser().print_help()
+        return
     if "-m" in overrides or "--multirun" in overrides:
         fail("torchrun trains one run: drop -m, or sweep with LAUNCHER=local")
     args = get_args_parser().parse_args([*options, "-m", "cutmix_runner", *overrides])

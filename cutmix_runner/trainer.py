@@ -3,8 +3,8 @@
 `train(cfg, out_dir)` prepares a `Run` (with build.py), trains stage by stage (each stage
 freezes, and gets a fresh optimizer, LR schedule and regularizer), writes a metrics line and a
 checkpoint after every epoch, and scores the test set once at the end (summary.py). One function
-per phase; what a step, an evaluation or a checkpoint does lives in step.py, evaluation.py and
-checkpoint.py; what changes under torchrun, in distributed.py (`run.world`).
+per phase; a step, an evaluation, a checkpoint and torchrun's changes live in step.py,
+evaluation.py, checkpoint.py and distributed.py (`run.world`).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from cutmix_runner.errors import RunError
 from cutmix_runner.evaluation import Evaluator
 from cutmix_runner.mixing import set_epoch_values
 from cutmix_runner.model import FreezePlan, set_train_mode
+from cutmix_runner.rundir import RunDir, Summary
 from cutmix_runner.runtime import Runtime
 from cutmix_runner.schedule import StageEnd
 from cutmix_runner.step import NonFiniteLoss, StepTally, TrainStep, train_step
@@ -42,7 +43,7 @@ class Run:
     """A run's built parts, and its progress, which the phases below update."""
 
     cfg: RunConfig
-    out_dir: Path
+    dir: RunDir
     runtime: Runtime
     data: Splits
     model: torch.nn.Module
@@ -61,10 +62,6 @@ class Run:
         return self.elapsed_before + time.perf_counter() - self.started
 
     @property
-    def ckpt_dir(self) -> Path:
-        return self.out_dir / "checkpoints"
-
-    @property
     def world(self) -> distributed.World:
         return self.runtime.world
 
@@ -74,7 +71,7 @@ class Run:
 
 
 def train(cfg: RunConfig, out_dir: Path,
-          on_checked: Callable[[], None] | None = None) -> dict[str, Any]:
+          on_checked: Callable[[], None] | None = None) -> Summary:
     """Build, train and test one run into `out_dir`; returns its summary. A finished run asked
     to resume is kept as it is, so re-running an interrupted multirun skips its finished jobs.
     Under torchrun every rank trains into rank 0's `out_dir`. `on_checked` runs on rank 0 once
@@ -87,7 +84,7 @@ def train(cfg: RunConfig, out_dir: Path,
 def prepare(cfg: RunConfig, out_dir: Path) -> Run:
     """Refuse a directory that holds a run, set up the runtime, build data and model."""
     started = time.perf_counter()  # total_seconds includes data loading and model set-up
-    holds_a_run = (out_dir / "metrics.jsonl").exists() or (out_dir / "checkpoints").exists()
+    holds_a_run = RunDir(out_dir).holds_a_run()
     # Rank 0 looks, before any rank writes: a slower rank would find rank 0's first files.
     if cfg.trainer.resume is None and distributed.current().from_writer(holds_a_run):
         raise RunError(f"{out_dir} already holds a run; continue it with trainer.resume=auto "
@@ -99,15 +96,15 @@ def prepare(cfg: RunConfig, out_dir: Path) -> Run:
     if rt.world.parallel:  # the head starts alike on every rank; dropout then differs by rank
         runtime.seed_everything(rt.world.seed(cfg.trainer.seed))
     writer = rt.world.is_writer
-    return Run(cfg, out_dir, rt, data, model,
+    return Run(cfg, RunDir(out_dir), rt, data, model,
                Evaluator(model, preprocess, cfg.trainer, rt.eval_autocast),
                build.clean_train_subset(data, cfg),
                torch.Generator().manual_seed(cfg.trainer.seed), started,
-               MetricsLog(out_dir / "metrics.jsonl", writes=writer),
+               MetricsLog(RunDir(out_dir).metrics_file, writes=writer),
                loggers.build(cfg.trainer.logger, out_dir, data.classes, writer))
 
 
-def fit(run: Run, on_checked: Callable[[], None] | None = None) -> dict[str, Any]:
+def fit(run: Run, on_checked: Callable[[], None] | None = None) -> Summary:
     """Train, then test on rank 0; the other ranks leave without waiting for the test set."""
     train_stages(run, on_checked)
     return summary.finish(run) if run.world.is_writer else {"best": run.progress.best}
@@ -118,10 +115,10 @@ def train_stages(run: Run, on_checked: Callable[[], None] | None = None) -> None
     log.info("device %s (%s), image size %d, %d train / %d val / %d test images",
              run.runtime.device, run.runtime.precision, run.evaluator.preprocess.image_size,
              len(run.data.train_x), len(run.data.val_x), len(run.data.test_x))
-    path = checkpoint.resume_path(run.cfg.trainer.resume, run.ckpt_dir)
+    path = checkpoint.resume_path(run.cfg.trainer.resume, run.dir.checkpoints)
     resume = resume_from(run, path) if path is not None else None
     if run.world.is_writer:
-        run.out_dir.mkdir(parents=True, exist_ok=True)
+        run.dir.path.mkdir(parents=True, exist_ok=True)
         if on_checked is not None:
             on_checked()
     if resume is None:
@@ -142,7 +139,7 @@ def resume_from(run: Run, path: Path) -> RunState:
     state = checkpoint.read_to_resume(path, run.cfg, run.runtime.precision)
     state.rng = run.world.check_checkpoint(state.rng, path)  # this rank's generators
     if run.world.is_writer:
-        checkpoint.adopt_best(path, run.ckpt_dir)
+        checkpoint.adopt_best(path, run.dir.checkpoints)
     run.model.load_state_dict(state.model)
     run.progress = Progress.of(state)
     run.elapsed_before = state.records[-1].get("elapsed_seconds", 0.0) if state.records else 0.0
@@ -202,7 +199,7 @@ def run_stage(run: Run, index: int, name: str, stage: StageConfig,
             stage_seconds=seconds, val_accuracy=record["val_accuracy"],
             optimizer=step.optimizer.state_dict(), scheduler=step.scheduler.state_dict(),
             plateau=stage_end.state())
-        checkpoint.Saver(run.ckpt_dir, writes=run.world.is_writer)(state, progress)
+        checkpoint.Saver(run.dir.checkpoints, writes=run.world.is_writer)(state, progress)
         if ended_by is not None:
             log.info("stage '%s' ended by %s after %d epochs", name, ended_by, epoch + 1)
             return
@@ -260,7 +257,7 @@ def train_steps(run: Run, step: TrainStep, batches: tqdm, where: str) -> StepTal
         except NonFiniteLoss:
             at = f"step {i + 1}" if sync_every == 1 else f"by step {i + 1}"
             raise RunError(f"non-finite loss in {where}, {at}; lower the learning rates. "
-                           f"{run.ckpt_dir / checkpoint.LAST} holds the last good epoch") from None
+                           f"{run.dir.last} holds the last good epoch") from None
         run.world.check_stop()  # abandons the rest of the epoch; last.pt holds the previous one
         if loss is not None:  # the device has synced: this step's own loss costs nothing
             run.logger.step(run.progress.global_step, float(result.loss), step.optimizer)

@@ -38,20 +38,15 @@ from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 
 from cutmix_runner import build
-from cutmix_runner.config import (
-    ModelConfig,
-    OptimConfig,
-    RegularizerConfig,
-    RunConfig,
-    StageConfig,
-    TrainerConfig,
-)
+from cutmix_runner.composition import compose_train
+from cutmix_runner.config import ModelConfig, RegularizerConfig, RunConfig, StageConfig
 from cutmix_runner.data import Splits, train_batches
 from cutmix_runner.evaluation import predict
 from cutmix_runner.mixing import Regularizer
 from cutmix_runner.model import set_train_mode
 from cutmix_runner.runtime import Runtime, cpu_flags, keep_freed_memory
 from cutmix_runner.step import TrainStep, train_step
+from cutmix_runner.validation import validate
 
 SETTINGS = {"head only": 0, "top 3 blocks": 3, "top 5 blocks": 5, "all blocks": -1}
 TARGETS = {"head only": 1.5, "top 3 blocks": 1.1}  # ours / standard, from issue 11
@@ -71,10 +66,14 @@ class Bench:
     warmup: int = 2
 
     def config(self, channels_last: bool = True, explicit_padding: bool | None = None) -> RunConfig:
-        model = ModelConfig(name=self.model.name, weights=self.model.weights,
-                            image_size=self.size, explicit_depthwise_padding=explicit_padding)
-        return RunConfig(model=model, optim=OptimConfig(),
-                         trainer=TrainerConfig(batch_size=self.batch, channels_last=channels_last))
+        """The study's recipe (trainer=default: fp32 frozen modules) at the bench's model, size,
+        batch and layout."""
+        cfg = validate(compose_train(["experiment=cutmix_staged"]))
+        cfg.model = dataclasses.replace(self.model, image_size=self.size,
+                                        explicit_depthwise_padding=explicit_padding)
+        cfg.trainer = dataclasses.replace(cfg.trainer, batch_size=self.batch,
+                                          channels_last=channels_last)
+        return cfg
 
     def timed(self, step: Callable[[], object]) -> float:
         """Images/s of `step` (one batch), after warm-up, waiting for the device at both ends."""
@@ -108,7 +107,7 @@ def stage_step(bench: Bench, unfreeze: int, cfg: RunConfig | None = None,
     """The run's own step for a stage training `unfreeze` blocks with CutMix on every batch."""
     cfg = cfg or bench.config()
     data = data or random_splits(bench.images, bench.runtime.device)
-    stage = StageConfig(unfreeze_blocks=unfreeze,
+    stage = StageConfig(epochs=1, unfreeze_blocks=unfreeze, lr_head=1e-3, lr_backbone=1e-4,
                         regularizer=RegularizerConfig(name="cutmix", prob=1.0))
     model, preprocess = build.model_and_preprocess(cfg, data.num_classes, bench.runtime.device)
     plan, step = build.stage_step(model, cfg, 0, stage, data, preprocess, bench.runtime)
@@ -275,7 +274,7 @@ def machine(device: torch.device) -> str:
 def report(args: argparse.Namespace, command: str) -> str:
     device = torch.device(args.device)
     precision = "bf16" if device.type == "cuda" else "fp32"
-    model = ModelConfig(name=args.model, weights="none")
+    model = ModelConfig(name=args.model, weights="none", image_size=None, drop_rate=0.2)
     lines = [f"Made by `{command}` on {machine(device)}, {args.model}, "
              f"{datetime.date.today().isoformat()}.", "",
              "| setting | ours img/s | standard img/s | model-only img/s | ours / standard | "

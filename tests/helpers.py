@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import functools
 import http.server
 import json
@@ -53,6 +55,27 @@ def compose(*overrides: str) -> Any:
         return hydra_compose("train", overrides=list(overrides))
 
 
+def recipe(*overrides: str) -> Any:
+    """The checked RunConfig that `cutmix-train OVERRIDES...` trains (recipe values come from the
+    YAML alone; a bare RunConfig() has none)."""
+    from cutmix_runner.validation import validate
+
+    return validate(compose(*overrides))
+
+
+@functools.cache
+def _default_run() -> Any:
+    return recipe()
+
+
+def default_part(part: str, **changes: Any) -> Any:
+    """One part of the default run's config (model, data, optim, trainer, or a stage's name: head,
+    adapt, late), with `changes`: what a test builds a model or an optimizer from."""
+    run = copy.deepcopy(_default_run())
+    found = run.schedule.stages[part] if part in run.schedule.stages else getattr(run, part)
+    return dataclasses.replace(found, **changes)
+
+
 def train_in_process(out: Path, *overrides: str) -> dict[str, Any]:
     """Run the trainer in this process into `out`; returns the summary. Torch's thread count is
     restored afterwards, so that a `trainer.num_threads` override does not leak into other tests."""
@@ -68,8 +91,42 @@ def train_in_process(out: Path, *overrides: str) -> dict[str, Any]:
         torch.set_num_threads(threads)
 
 
+def train_cli(*args: str, cwd: Path = ROOT) -> ToolResult:
+    """`cutmix-train ARGS...` in this process (cli.main, as the entry point calls it), with its
+    exit code and output captured: what a test needs when the process itself is not under test.
+    Torch's thread count and the root logger's handlers (Hydra sets both) are restored."""
+    import contextlib
+    import io
+    import logging
+
+    import torch
+
+    from cutmix_runner import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    threads, handlers = torch.get_num_threads(), list(logging.getLogger().handlers)
+    argv, sys.argv = sys.argv, ["cutmix-train", *args]
+    try:
+        with contextlib.chdir(cwd), contextlib.redirect_stdout(out), \
+                contextlib.redirect_stderr(err):
+            try:
+                cli.main()
+                code = 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+    finally:
+        sys.argv = argv
+        torch.set_num_threads(threads)
+        for handler in logging.getLogger().handlers:
+            if handler not in handlers:
+                handler.close()
+        logging.getLogger().handlers = handlers
+    return ToolResult(code, out.getvalue(), err.getvalue())
+
+
 def run_cli(*args: str, cwd: Path = ROOT, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run `python -m cutmix_runner` as a user would, without a TTY."""
+    """Run `python -m cutmix_runner` as a user would, without a TTY: for what only a separate
+    process shows (signals, the entry point, a fresh interpreter's imports)."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     env.pop("HYDRA_FULL_ERROR", None)
     return subprocess.run([sys.executable, "-m", "cutmix_runner", *args], cwd=cwd, env=env,

@@ -8,12 +8,13 @@ import pytest
 
 from cutmix_runner import checkpoint
 from cutmix_runner.checkpoint import Progress, RunState
-from cutmix_runner.config import RunConfig, result_config
+from cutmix_runner.config import result_config
 from cutmix_runner.errors import RunError
+from tests.helpers import recipe
 
 
 def _state(**changes: object) -> RunState:
-    fields = dict(model={}, config=result_config(RunConfig()), precision="fp32",
+    fields = dict(model={}, config=result_config(recipe()), precision="fp32",
                   global_epoch=3, global_step=30, best={"val_accuracy": 0.5},
                   records=[{"epoch": 1}], finished_stages=[], rng={}, stage_index=1,
                   stage="adapt", epoch=1, stage_end=None, stage_seconds=1.5,
@@ -37,16 +38,16 @@ def test_save_and_load_round_trip_and_best_only_on_a_new_best(tmp_path: Path) ->
 
 def test_a_checkpoint_must_fit_the_config_and_precision(tmp_path: Path) -> None:
     state = _state()
-    checkpoint.check_fits(state, RunConfig(), "fp32", tmp_path)
-    other = RunConfig()
+    checkpoint.check_fits(state, recipe(), "fp32", tmp_path)
+    other = recipe()
     other.trainer.seed = 4
     with pytest.raises(RunError, match="trainer.seed: 0 -> 4"):
         checkpoint.check_fits(state, other, "fp32", tmp_path)
-    neutral = RunConfig()
+    neutral = recipe()
     neutral.trainer.num_threads = 7  # result-neutral: accepted
     checkpoint.check_fits(state, neutral, "fp32", tmp_path)
     with pytest.raises(RunError, match="trained in fp32"):
-        checkpoint.check_fits(state, RunConfig(), "bf16", tmp_path)
+        checkpoint.check_fits(state, recipe(), "bf16", tmp_path)
 
 
 def test_resume_path_rules(tmp_path: Path) -> None:
@@ -66,11 +67,11 @@ def test_resume_path_rules(tmp_path: Path) -> None:
 def test_a_checkpoint_from_before_a_new_key_still_fits(tmp_path: Path) -> None:
     """Keys added to the schema later take their defaults; a changed default is still named."""
     state = _state()
-    del state.config["trainer"]["eval_precision"], state.config["optim"]["lr_scaling"]
-    checkpoint.check_fits(state, RunConfig(), "fp32", tmp_path)
+    del state.config["optim"]["reference_batch_size"], state.config["optim"]["lr_scaling"]
+    checkpoint.check_fits(state, recipe(), "fp32", tmp_path)
     state.config["model"]["explicit_depthwise_padding"] = True  # the old default; now null
     with pytest.raises(RunError, match="model.explicit_depthwise_padding: True -> None"):
-        checkpoint.check_fits(state, RunConfig(), "fp32", tmp_path)
+        checkpoint.check_fits(state, recipe(), "fp32", tmp_path)
 
 
 class _RunsCode:

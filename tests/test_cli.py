@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from tests.helpers import SMOKE, run_cli, write_cifar_folder
+from tests.helpers import SMOKE, train_cli, write_cifar_folder
 
 
 def _tree_bytes(folder: Path) -> dict[str, bytes]:
@@ -62,7 +62,7 @@ def test_plateau_and_gap_triggers_end_stages_early(tmp_path: Path) -> None:
     out = tmp_path / "run"
     # head: validation accuracy cannot improve by 0.99, so patience 1 ends it after epoch 2;
     # adapt: the gap (clean-train minus validation) always exceeds -0.99: it ends after epoch 1.
-    result = run_cli(*SMOKE, f"hydra.run.dir={out}", "schedule.stages.head.epochs=5",
+    result = train_cli(*SMOKE, f"hydra.run.dir={out}", "schedule.stages.head.epochs=5",
                      "schedule.stages.head.min_delta=0.99", "schedule.stages.adapt.epochs=4",
                      "schedule.stages.adapt.max_gap=-0.99")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -79,7 +79,7 @@ def test_plateau_and_gap_triggers_end_stages_early(tmp_path: Path) -> None:
 
 def test_multirun_sweep_gives_each_run_its_own_directory(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    result = run_cli("-m", *SMOKE, "schedule.stages.adapt.regularizer.prob=0,0.3",
+    result = train_cli("-m", *SMOKE, "schedule.stages.adapt.regularizer.prob=0,0.3",
                      "schedule.stages.head.epochs=1", f"hydra.sweep.dir={sweep}")
     assert result.returncode == 0, result.stderr[-2000:]
     runs = sorted(p.parent for p in sweep.glob("*/summary.json"))
@@ -127,7 +127,7 @@ def _assert_one_line_error(result, pattern: str) -> None:
 def test_bad_input_gets_one_line(args: tuple[str, ...], pattern: str, smoke_run: Path,
                                  tmp_path: Path) -> None:
     before = _tree_bytes(smoke_run)
-    result = run_cli(*SMOKE, f"hydra.run.dir={tmp_path / 'run'}", *args)
+    result = train_cli(*SMOKE, f"hydra.run.dir={tmp_path / 'run'}", *args)
     _assert_one_line_error(result, pattern)
     assert _tree_bytes(smoke_run) == before
     assert not (tmp_path / "run").exists()  # the refused run left no folder behind
@@ -136,20 +136,20 @@ def test_bad_input_gets_one_line(args: tuple[str, ...], pattern: str, smoke_run:
 def test_output_directory_not_writable(tmp_path: Path) -> None:
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
-    result = run_cli(*SMOKE, f"hydra.run.dir={blocker / 'run'}")
+    result = train_cli(*SMOKE, f"hydra.run.dir={blocker / 'run'}")
     _assert_one_line_error(result, "Not a directory")
 
 
 def test_empty_stage_list(tmp_path: Path) -> None:
     (tmp_path / "conf" / "schedule").mkdir(parents=True)
     (tmp_path / "conf" / "schedule" / "empty.yaml").write_text("name: empty\nstages: {}\n")
-    result = run_cli("--config-dir", str(tmp_path / "conf"), *SMOKE, "schedule=empty",
+    result = train_cli("--config-dir", str(tmp_path / "conf"), *SMOKE, "schedule=empty",
                      f"hydra.run.dir={tmp_path / 'run'}")
     _assert_one_line_error(result, "schedule.stages: the stage list is empty")
 
 
 def test_missing_data_folder_with_downloads_off(tmp_path: Path) -> None:
-    result = run_cli("data=cifar10", "model=tiny", "trainer.progress=false",
+    result = train_cli("data=cifar10", "model=tiny", "trainer.progress=false",
                      f"data.root={tmp_path / 'nope'}", f"hydra.run.dir={tmp_path / 'run'}")
     _assert_one_line_error(result, "CIFAR-10 not found")
 
@@ -175,27 +175,27 @@ def _wrong_shape(folder: Path) -> None:
 @pytest.mark.parametrize("damage, pattern", [(_corrupt, "corrupt CIFAR-10 file"),
                                              (_truncate, "data_batch_4"),
                                              (_wrong_shape, "expected data of shape (N, 3072)")])
-def test_bad_data_files(damage, pattern: str, smoke_run: Path, tmp_path: Path) -> None:
-    before = _tree_bytes(smoke_run)
+def test_bad_data_files(damage, pattern: str, tmp_path: Path) -> None:
     folder = tmp_path / "cifar" / "cifar-10-batches-py"
     write_cifar_folder(folder)
     damage(folder)
-    result = run_cli("data=cifar10", "model=tiny", "trainer.progress=false",
+    before = _tree_bytes(tmp_path)
+    result = train_cli("data=cifar10", "model=tiny", "trainer.progress=false",
                      f"data.root={folder.parent}", f"hydra.run.dir={tmp_path / 'run'}")
     _assert_one_line_error(result, pattern)
-    assert _tree_bytes(smoke_run) == before
+    assert _tree_bytes(tmp_path) == before  # the data untouched, and no run folder made
 
 
-def test_weights_that_do_not_fit(smoke_run: Path, tmp_path: Path) -> None:
+def test_weights_that_do_not_fit(tmp_path: Path) -> None:
     import timm
     import torch
 
-    before = _tree_bytes(smoke_run)
     path = tmp_path / "resnet.pt"
     torch.save(timm.create_model("test_resnet").state_dict(), path)
-    result = run_cli(*SMOKE, f"model.weights={path}", f"hydra.run.dir={tmp_path / 'run'}")
+    before = _tree_bytes(tmp_path)
+    result = train_cli(*SMOKE, f"model.weights={path}", f"hydra.run.dir={tmp_path / 'run'}")
     _assert_one_line_error(result, "do not fit")
-    assert _tree_bytes(smoke_run) == before
+    assert _tree_bytes(tmp_path) == before  # the weights untouched, and no run folder made
 
 
 def test_a_refused_run_leaves_a_finished_run_byte_identical(tmp_path: Path) -> None:
@@ -203,11 +203,11 @@ def test_a_refused_run_leaves_a_finished_run_byte_identical(tmp_path: Path) -> N
     directory is taken; with resume=auto: a different config), and every file there, .hydra/
     included, is left as it was: Hydra's .hydra/ files are written only once the checks pass."""
     run = tmp_path / "finished"
-    assert run_cli(*SMOKE, f"hydra.run.dir={run}").returncode == 0
+    assert train_cli(*SMOKE, f"hydra.run.dir={run}").returncode == 0
     assert yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text())[0] == SMOKE[0]
     before = _tree_bytes(run)
     for extra, pattern in (((), "already holds a run"),
                            (("trainer.resume=auto",), "different config")):
-        result = run_cli(*SMOKE, "trainer.seed=7", f"hydra.run.dir={run}", *extra)
+        result = train_cli(*SMOKE, "trainer.seed=7", f"hydra.run.dir={run}", *extra)
         _assert_one_line_error(result, pattern)
         assert _tree_bytes(run) == before

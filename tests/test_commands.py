@@ -70,3 +70,17 @@ def test_sigterm_while_a_tool_works_is_exit_130_in_one_line() -> None:
     process.terminate()
     _, err = process.communicate(timeout=30)
     assert process.returncode == 130 and err == "cutmix-x: interrupted\n"
+
+
+def test_torchrun_answers_help_and_version_before_torch_loads(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from cutmix_runner import torchrun
+
+    for flag, start in (("--help", "usage: cutmix-torchrun"), ("--version", "cutmix-runner ")):
+        monkeypatch.setattr(sys, "argv", ["cutmix-torchrun", flag])
+        torchrun.main()
+        assert capsys.readouterr().out.startswith(start)
+    code = ("import sys\nfrom cutmix_runner import torchrun\n"
+            "for flag in ('--help', '--version'):\n"
+            "    sys.argv = ['cutmix-torchrun', flag]\n    torchrun.main()")
+    assert heavy_modules_loaded(code) == []

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from cutmix_runner.cli import CONFIG_DIR
@@ -28,6 +29,17 @@ def test_default_config_validates_into_three_stages() -> None:
     assert adapt.lr_backbone < head.lr_head
     assert all(s.regularizer.label_smoothing == 0 for s in run.schedule.stages.values())
     assert run.model.weights == "packaged" and run.model.image_size == 80
+
+
+def test_a_config_not_composed_from_the_yaml_is_refused_naming_the_key() -> None:
+    """The schema holds no recipe values: a hand-made config lacks them and says which."""
+    with pytest.raises(ConfigError, match="^model.name: no value; the recipe's YAML"):
+        validate({})
+    stage = {"epochs": 1, "lr_head": 0.1, "lr_backbone": 0.1}  # no unfreeze_blocks
+    cfg = OmegaConf.to_container(_compose())
+    cfg["schedule"]["stages"] = {"only": stage}
+    with pytest.raises(ConfigError, match="^schedule.stages.only.unfreeze_blocks: no value"):
+        validate(cfg)
 
 
 def test_default_run_is_the_staged_recipe_fitted_to_the_cpu_budget() -> None:

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
+import logging
 import pickle
 from pathlib import Path
 
@@ -8,7 +10,6 @@ import pytest
 import torch
 
 from cutmix_runner import data
-from cutmix_runner.config import DataConfig
 from cutmix_runner.data import (
     DataError,
     build_splits,
@@ -18,7 +19,7 @@ from cutmix_runner.data import (
     train_batches,
 )
 from cutmix_runner.transforms import Preprocess
-from tests.helpers import SHARED_CIFAR, ArchiveServer
+from tests.helpers import SHARED_CIFAR, SMOKE, ArchiveServer, default_part, train_in_process
 
 
 def test_loads_a_folder_by_structure(cifar_folder: Path) -> None:
@@ -121,37 +122,61 @@ def test_stratified_split_is_balanced_disjoint_and_seeded() -> None:
 
 
 def test_build_splits_holds_out_validation_and_subsets() -> None:
-    cfg = DataConfig(name="synthetic", val_size=40, train_subset=100, synthetic_train_size=240)
+    cfg = default_part("data", name="synthetic", val_size=40, train_subset=100,
+                       synthetic_train_size=240)
     splits = build_splits(cfg)
     assert len(splits.val_x) == 40 and len(splits.train_x) == 100
     assert torch.bincount(splits.val_y).tolist() == [4] * 10
     assert torch.bincount(splits.train_y).tolist() == [10] * 10
     with pytest.raises(DataError, match="train_subset"):
-        build_splits(DataConfig(name="synthetic", val_size=40, train_subset=500))
+        build_splits(default_part("data", name="synthetic", val_size=40, train_subset=500))
+
+
+def _translated(image: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """`image` moved by (dy, dx) pixels, zeros where nothing moved in: the reference crop."""
+    h, w = image.shape[-2:]
+    out = torch.zeros_like(image)
+    out[..., max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+        image[..., max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+    return out
 
 
 def test_batched_augmentation_shapes_and_content() -> None:
-    x = torch.randint(0, 256, (9, 3, 32, 32), dtype=torch.uint8)
-    (shifted, _), = train_batches(x, torch.arange(9), 9, torch.Generator().manual_seed(0), 4,
+    """Each image is the original translated by at most `pad` (zeros filled in) or mirrored, and
+    a batch holds both moved and unmoved, mirrored and unmirrored images."""
+    x = torch.randint(1, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    (shifted, y), = train_batches(x, torch.arange(16), 16, torch.Generator().manual_seed(0), 4,
                                   False)
     assert shifted.shape == x.shape and shifted.dtype == torch.uint8
-    (flipped, y), = train_batches(x, torch.arange(9), 9, torch.Generator().manual_seed(1), 0, True)
-    for i, label in enumerate(y.tolist()):  # each image as it was, or mirrored
-        assert torch.equal(flipped[i], x[label]) or torch.equal(flipped[i], x[label].flip(-1))
+    offsets = []
+    for out, label in zip(shifted, y.tolist(), strict=True):
+        offsets += [next(d for d in itertools.product(range(-4, 5), repeat=2)
+                         if torch.equal(out, _translated(x[label], *d)))]
+    assert len(set(offsets)) > 8  # the offsets vary; (0, 0) alone would be no translation
+    (flipped, y), = train_batches(x, torch.arange(16), 16, torch.Generator().manual_seed(1), 0,
+                                  True)
+    mirrored = []
+    for out, label in zip(flipped, y.tolist(), strict=True):
+        assert torch.equal(out, x[label]) or torch.equal(out, x[label].flip(-1))
+        mirrored.append(torch.equal(out, x[label].flip(-1)))
+    assert 0 < sum(mirrored) < len(mirrored)
     pre = Preprocess(64, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), channels_last=True)
     out = pre(x)
-    assert out.shape == (9, 3, 64, 64) and out.is_contiguous(memory_format=torch.channels_last)
+    assert out.shape == (16, 3, 64, 64) and out.is_contiguous(memory_format=torch.channels_last)
     assert out.min() >= -1.0 and out.max() <= 1.0
 
 
 def test_translation_moves_pixels_within_pad() -> None:
     x = torch.zeros(1, 1, 8, 8, dtype=torch.uint8)
     x[0, 0, 4, 4] = 255
-    for seed in range(20):
+    moves = set()
+    for seed in range(40):
         (out, _), = train_batches(x, torch.zeros(1), 1, torch.Generator().manual_seed(seed), 2,
                                   False)
         r, c = (out[0, 0] == 255).nonzero()[0].tolist()
-        assert abs(r - 4) <= 2 and abs(c - 4) <= 2
+        moves.add((r - 4, c - 4))
+    assert all(abs(dr) <= 2 and abs(dc) <= 2 for dr, dc in moves)
+    assert len(moves) >= 15  # of the 25 moves within the pad: translation happens, both ways
 
 
 def test_train_batches_cover_the_epoch_once() -> None:
@@ -187,3 +212,31 @@ def test_shared_cifar10_copy_loads_by_structure() -> None:
     assert tx.shape == (50000, 3, 32, 32) and sx.shape == (10000, 3, 32, 32)
     assert torch.bincount(ty).tolist() == [5000] * 10
     assert torch.bincount(sy).tolist() == [1000] * 10
+
+
+def test_the_test_subset_is_stratified_and_the_same_for_every_split() -> None:
+    full = build_splits(default_part("data", name="synthetic", val_size=40))
+    picks = [build_splits(default_part("data", name="synthetic", val_size=40, split_seed=seed,
+                                       test_subset=30)) for seed in (0, 1)]
+    assert len(picks[0].test_y) == 30 and torch.bincount(picks[0].test_y).tolist() == [3] * 10
+    assert torch.equal(picks[0].test_x, picks[1].test_x)  # not drawn with the split seed
+    assert not torch.equal(picks[0].val_x, picks[1].val_x)
+    whole = build_splits(default_part("data", name="synthetic", val_size=40, test_subset=100))
+    assert torch.equal(whole.test_x, full.test_x)
+    with pytest.raises(DataError, match="data.test_subset=101 exceeds the 100 test images"):
+        build_splits(default_part("data", name="synthetic", val_size=40, test_subset=101))
+
+
+def test_a_run_says_what_scoring_the_test_set_costs_before_it_starts(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="cutmix_runner.summary")
+    summary = train_in_process(tmp_path / "run", *SMOKE, "data.test_subset=50",
+                               "trainer.num_threads=1", "trainer.progress=false")
+    assert summary["test_size"] == 50
+    line = next(r.getMessage() for r in caplog.records if "scoring the test set" in r.getMessage())
+    rescore = summary["best"]["global_epoch"] != sum(s["epochs"] for s in summary["stages"])
+    # 50 images x 2 views (x 2 weights when rescored), the flip-rate checks on 2 x 50, and the
+    # validation set again (40 images) for the best weights' temperature when rescored.
+    passes = 50 * 2 * (2 if rescore else 1) + 2 * 50 + (40 if rescore else 0)
+    assert line.startswith("scoring the test set: 50 images, flip-averaged, "), line
+    assert f": {passes} forward passes, about " in line, line

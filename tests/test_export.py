@@ -11,10 +11,9 @@ import pytest
 import torch
 
 from cutmix_runner import export
-from cutmix_runner.config import RunConfig
 from cutmix_runner.inference import TrainedModel
 from cutmix_runner.model import build_model, build_preprocess
-from tests.helpers import ToolResult, run_tool
+from tests.helpers import ToolResult, default_part, run_tool
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -72,13 +71,11 @@ def test_a_failed_check_fails_the_command(trained_run: Path, tmp_path: Path,
 
 def test_tf_same_padding_is_frozen_into_a_static_graph(tmp_path: Path) -> None:
     """The real backbone: its stride-2 "same" convs export without shape arithmetic."""
-    cfg = RunConfig()
-    cfg.model.weights = "none"
-    cfg.model.explicit_depthwise_padding = False
+    cfg = default_part("model", weights="none", explicit_depthwise_padding=False)
     torch.manual_seed(0)
-    model = build_model(cfg.model, 10).eval()
+    model = build_model(cfg, 10).eval()
     images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
-    trained = TrainedModel(model, build_preprocess(model, cfg.model, False),
+    trained = TrainedModel(model, build_preprocess(model, cfg, False),
                            tuple(map(str, range(10))), 64, cfg, tmp_path / "x.pt")
     wrapper = export.ImageClassifier(trained).eval()
     with torch.no_grad():

@@ -13,14 +13,14 @@ import pytest
 import torch
 
 from cutmix_runner import build, runtime
-from cutmix_runner.config import RunConfig, StageConfig
+from cutmix_runner.config import RunConfig
 from cutmix_runner.data import Splits, make_synthetic, train_batches
 from cutmix_runner.errors import RunError
 from cutmix_runner.model import PaddedDepthwiseConv2d, build_model
 from cutmix_runner.optim import lr_scale
 from cutmix_runner.runtime import Runtime
 from cutmix_runner.validation import validate
-from tests.helpers import ROOT, compose, train_in_process
+from tests.helpers import ROOT, compose, default_part, train_in_process
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 CPU = Runtime(torch.device("cpu"), "fp32")
@@ -52,7 +52,7 @@ def test_the_built_optimizer_uses_the_scaled_lrs() -> None:
     cfg.optim.lr_scaling, cfg.optim.reference_batch_size = "linear", 8
     data = _splits()
     model, preprocess = build.model_and_preprocess(cfg, 10, CPU.device)
-    stage = StageConfig(unfreeze_blocks=1, lr_head=0.01, lr_backbone=0.001)
+    stage = default_part("late", unfreeze_blocks=1, lr_head=0.01, lr_backbone=0.001)
     _, step = build.stage_step(model, cfg, 0, stage, data, preprocess, CPU)
     lrs = {g["name"]: g["initial_lr"] for g in step.optimizer.param_groups}
     assert lrs["head/decay"] == pytest.approx(0.04)
@@ -80,10 +80,10 @@ def test_fused_optimizer_only_on_cuda_unless_asked() -> None:
     cfg = _tiny()
     data = _splits()
     model, preprocess = build.model_and_preprocess(cfg, 10, CPU.device)
-    _, step = build.stage_step(model, cfg, 0, StageConfig(), data, preprocess, CPU)
+    _, step = build.stage_step(model, cfg, 0, default_part("late"), data, preprocess, CPU)
     assert not step.optimizer.defaults["fused"]
     cfg.optim.fused = True
-    _, step = build.stage_step(model, cfg, 0, StageConfig(), data, preprocess, CPU)
+    _, step = build.stage_step(model, cfg, 0, default_part("late"), data, preprocess, CPU)
     assert step.optimizer.defaults["fused"]
 
 
@@ -106,6 +106,9 @@ def test_depthwise_padding_follows_the_device_when_left_null(
 def test_compile_keeps_the_state_dict_keys() -> None:
     plain, _ = build.model_and_preprocess(_tiny(), 10, CPU.device)
     compiled, _ = build.model_and_preprocess(_tiny(compile=True), 10, CPU.device)
+    # Compiled in place (nn.Module.compile), not wrapped: torch.compile(model) would prefix
+    # every key with "_orig_mod.", and checkpoints would no longer load into a plain model.
+    assert compiled._compiled_call_impl is not None and plain._compiled_call_impl is None
     assert list(compiled.state_dict()) == list(plain.state_dict())
 
 

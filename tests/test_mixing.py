@@ -279,11 +279,10 @@ def test_elem_mode_mixes_a_share_prob_of_the_images(kind: str) -> None:
 
 def test_elem_mode_is_refused_where_it_has_no_meaning() -> None:
     from cutmix_runner.config import ConfigError
-    from cutmix_runner.validation import validate
+    from tests.helpers import recipe
 
-    cfg = {"schedule": {"stages": {"a": {"regularizer": {
-        "name": "random_erasing", "mode": "elem", "prob": 0.5}}}}}
+    late = "schedule.stages.late.regularizer"
     with pytest.raises(ConfigError, match="mode: elem works with none, cutmix, mixup"):
-        validate(cfg)
+        recipe(f"{late}.name=random_erasing", f"{late}.mode=elem")
     with pytest.raises(ValueError, match="mode must be one of batch, elem"):
         CutMix(num_classes=3, mode="pair")

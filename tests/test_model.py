@@ -6,7 +6,6 @@ import pytest
 import timm
 import torch
 
-from cutmix_runner.config import ModelConfig, OptimConfig, StageConfig
 from cutmix_runner.mixing import one_hot, soft_target_cross_entropy
 from cutmix_runner.model import (
     ModelError,
@@ -22,6 +21,7 @@ from cutmix_runner.model import (
     split_parts,
 )
 from cutmix_runner.optim import build_optimizer
+from tests.helpers import default_part
 
 
 @pytest.mark.parametrize("name, tensors", [("tf_efficientnet_lite0", 296),
@@ -29,7 +29,7 @@ from cutmix_runner.optim import build_optimizer
                                            ("tf_efficientnet_lite2", 386)])
 def test_packaged_weights_load_with_every_tensor_matched(name: str, tensors: int) -> None:
     source = packaged_state_dict(name)
-    model = build_model(ModelConfig(name=name, weights="packaged"), 10)
+    model = build_model(default_part("model", name=name, weights="packaged"), 10)
     loaded = model.state_dict()
     # Every backbone tensor equals its packaged counterpart, in order; only the classifier is new.
     pairs = list(zip(source.items(), loaded.items(), strict=True))
@@ -51,22 +51,22 @@ def test_packaged_mapping_fails_loudly_on_shape_mismatch() -> None:
 
 def test_packaged_weights_refuse_other_backbones() -> None:
     with pytest.raises(ModelError, match="packaged"):
-        build_model(ModelConfig(name="test_efficientnet", weights="packaged"), 10)
+        build_model(default_part("model", name="test_efficientnet", weights="packaged"), 10)
 
 
 def test_unknown_backbone_is_a_model_error() -> None:
     with pytest.raises(ModelError, match="unknown timm model 'effnet_nope'"):
-        build_model(ModelConfig(name="effnet_nope", weights="none"), 10)
+        build_model(default_part("model", name="effnet_nope", weights="none"), 10)
 
 
 def test_state_dict_path_weights(tmp_path: Path) -> None:
-    donor = build_model(ModelConfig(name="test_efficientnet", weights="none"), 10)
+    donor = build_model(default_part("model", name="test_efficientnet", weights="none"), 10)
     path = tmp_path / "w.pt"
     torch.save(donor.state_dict(), path)
-    model = build_model(ModelConfig(name="test_efficientnet", weights=str(path)), 10)
+    model = build_model(default_part("model", name="test_efficientnet", weights=str(path)), 10)
     assert torch.equal(model.conv_stem.weight, donor.conv_stem.weight)
     with pytest.raises(ModelError, match="do not fit"):
-        build_model(ModelConfig(name="test_resnet", weights=str(path)), 10)
+        build_model(default_part("model", name="test_resnet", weights=str(path)), 10)
 
 
 @pytest.mark.parametrize("name", ["test_efficientnet", "test_resnet", "test_convnext"])
@@ -82,8 +82,9 @@ def test_split_parts_finds_blocks(name: str) -> None:
 def _train_a_few_steps(model: torch.nn.Module, unfreeze_blocks: int) -> None:
     plan = plan_freeze(model, unfreeze_blocks)
     apply_freeze(model, plan)
-    stage = StageConfig(unfreeze_blocks=unfreeze_blocks, lr_head=1e-2, lr_backbone=1e-2)
-    opt = build_optimizer(model, plan, stage, OptimConfig(), 128)
+    stage = default_part("late", unfreeze_blocks=unfreeze_blocks, lr_head=1e-2,
+                         lr_backbone=1e-2)
+    opt = build_optimizer(model, plan, stage, default_part("optim"), 128)
     torch.manual_seed(0)
     for _ in range(3):
         set_train_mode(model, plan)
@@ -141,21 +142,22 @@ def test_explicit_depthwise_padding_gives_the_same_outputs_and_gradients() -> No
 
 
 def test_explicit_padding_swaps_only_plain_depthwise_convs() -> None:
-    model = build_model(ModelConfig(name="tf_efficientnet_lite0", weights="none",
+    model = build_model(default_part("model", name="tf_efficientnet_lite0", weights="none",
                                     explicit_depthwise_padding=True), 10)
     keys = list(model.state_dict())
     swapped = [m for m in model.modules() if isinstance(m, PaddedDepthwiseConv2d)]
     # lite0 has 16 depthwise convs; the 4 with stride 2 use timm's own dynamic "same" padding.
     assert len(swapped) == 12
     assert all(m.groups == m.in_channels and m.stride == (1, 1) for m in swapped)
-    off = build_model(ModelConfig(name="tf_efficientnet_lite0", weights="none",
+    off = build_model(default_part("model", name="tf_efficientnet_lite0", weights="none",
                                   explicit_depthwise_padding=False), 10)
     assert not any(isinstance(m, PaddedDepthwiseConv2d) for m in off.modules())
     assert list(off.state_dict()) == keys
 
 
 def test_frozen_modules_compute_in_bf16_only_while_training_and_can_be_undone() -> None:
-    model = build_model(ModelConfig(name="test_efficientnet", weights="none", image_size=32), 10)
+    model = build_model(default_part("model", name="test_efficientnet", weights="none",
+                                     image_size=32), 10)
     plan = plan_freeze(model, 1)
     apply_freeze(model, plan)
     inner = next(m for m in plan.frozen[-1].modules() if isinstance(m, torch.nn.Conv2d))

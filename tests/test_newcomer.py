@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import CONFIG_DIR, ROOT, SMOKE, ArchiveServer, compose, run_cli
+from tests.helpers import CONFIG_DIR, ROOT, SMOKE, ArchiveServer, compose, run_cli, train_cli
 
 
 def _make(folder: Path, *args: str) -> str:
@@ -79,7 +79,7 @@ def test_make_help_lists_every_target() -> None:
 
 
 def test_help_names_the_tool_its_groups_options_and_examples() -> None:
-    result = run_cli("--help")
+    result = train_cli("--help")
     assert result.returncode == 0 and "Traceback" not in result.stderr
     text = result.stdout
     assert text.startswith("cutmix-train: ")
@@ -95,18 +95,19 @@ def test_help_names_the_tool_its_groups_options_and_examples() -> None:
         overrides = [a for a in shlex.split(command.split("#")[0])[1:]
                      if "=" in a and not a.startswith(("hydra.", "trainer.resume"))]
         compose(*[a.split(",")[0] if "=" in a else a for a in overrides if a != "-m"])
-    hydra_help = run_cli("--hydra-help")
+    hydra_help = train_cli("--hydra-help")
     assert hydra_help.returncode == 0 and hydra_help.stdout.startswith("Hydra (")
 
 
 def test_version_names_the_package_torch_and_timm() -> None:
-    result = run_cli("--version")
+    result = train_cli("--version")
     assert result.returncode == 0
     assert re.match(r"cutmix-runner \S+ \(python \S+, torch \S+, torchvision \S+, timm \S+\)$",
                     result.stdout.strip())
 
 
 def test_a_run_ends_with_where_it_is_how_it_did_and_what_next(tmp_path: Path) -> None:
+    """End to end, as a user runs it: a fresh interpreter through `python -m cutmix_runner`."""
     out = tmp_path / "run"
     result = run_cli(*SMOKE, f"hydra.run.dir={out}")
     assert result.returncode == 0 and "Traceback" not in result.stderr

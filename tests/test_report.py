@@ -196,4 +196,4 @@ def test_a_summary_without_results_is_refused_in_one_line(sweep: Path, tmp_path:
     (next(sweep.glob("*/summary.json"))).write_text("{}")
     result = run_tool("report", str(sweep), "--out", str(tmp_path / "r"))
     assert result.returncode == 2 and result.stderr.count("\n") == 1
-    assert "holds no test accuracy" in result.stderr and not (tmp_path / "r").exists()
+    assert "lacks test_accuracy" in result.stderr and not (tmp_path / "r").exists()

@@ -38,10 +38,21 @@ def test_a_step_updates_weights_and_the_schedule_and_reports_the_mix() -> None:
     assert not result.loss.requires_grad
 
 
-def test_label_smoothing_is_applied_only_when_asked() -> None:
-    plain = train_step(_step(), *_batch()).loss
-    smoothed = train_step(_step(label_smoothing=0.3), *_batch()).loss
-    assert not torch.equal(plain, smoothed)
+def test_label_smoothing_is_applied_exactly_as_asked() -> None:
+    """With smoothing e the targets become (1 - e) * targets + e / classes, so the loss is
+    (1 - e) * the plain loss + e * the mean of -log p over images and classes."""
+    logits: list[torch.Tensor] = []
+
+    def loss_with(label_smoothing: float) -> torch.Tensor:
+        step = _step(label_smoothing=label_smoothing)
+        step.model.register_forward_hook(lambda _m, _i, out: logits.append(out.detach()))
+        return train_step(step, *_batch()).loss
+
+    plain, smoothed = loss_with(0.0), loss_with(0.3)
+    assert torch.equal(logits[0], logits[1])  # the same weights saw the same mixed images
+    uniform = -torch.log_softmax(logits[0], dim=-1).mean()
+    assert float(smoothed) == pytest.approx(0.7 * float(plain) + 0.3 * float(uniform), rel=1e-5)
+    assert float(plain) != pytest.approx(float(smoothed), rel=1e-3)
 
 
 def test_a_non_finite_loss_stops_before_the_weights_change() -> None:

@@ -42,12 +42,37 @@ def _sweep_exclude_keys() -> list[str]:
 
 
 def test_result_config_drops_exactly_the_neutral_keys() -> None:
-    full = config.RunConfig()
-    kept = config.result_config(full)
+    from tests.helpers import recipe
+
+    kept = config.result_config(recipe())
     for key in config.neutral_keys():
         group, name = key.split(".")
         assert name not in kept[group]
-    assert kept["trainer"]["seed"] == 0 and kept["data"]["val_size"] == 5000
+    assert kept["trainer"]["seed"] == 0 and kept["data"]["val_size"] == 2000
+
+
+BASE_GROUP_FILES = ["model/efficientnet_lite0.yaml", "data/cifar10.yaml", "data/synthetic.yaml",
+                    "optim/adamw.yaml", "trainer/default.yaml"]
+
+
+@pytest.mark.parametrize("name", BASE_GROUP_FILES)
+def test_a_recipe_value_lives_in_the_yaml_alone(name: str) -> None:
+    """A key a base group file sets has no value in the schema (MISSING): the dataclasses hold
+    no second, disagreeing copy of the recipe. Neutral keys live in the schema alone."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    group = name.split("/")[0]
+    schema = OmegaConf.structured(config.RunConfig)[group]
+    values = {k: v for k, v in yaml.safe_load((config.CONFIG_DIR / name).read_text()).items()
+              if k != "defaults"}
+    assert values
+    for key in values:
+        assert OmegaConf.is_missing(schema, key), f"{group}.{key} has a default in config.py"
+        assert f"{group}.{key}" not in config.neutral_keys()
+    composed = OmegaConf.structured(config.RunConfig)
+    missing = [f"{group}.{k}" for k in composed[group] if OmegaConf.is_missing(composed[group], k)]
+    assert set(missing) <= {f"{group}.{key}" for key in values}, missing
 
 
 @pytest.mark.parametrize("key, registry", [
@@ -131,6 +156,17 @@ def _cycle(edges: dict[str, set[str]]) -> list[str]:
         return []
 
     return next((c for m in sorted(edges) if (c := visit(m, []))), [])
+
+
+# Each tool's own module; commands.py is the layer above them all (parsers, exit codes).
+COMMAND_MODULES = {"cli", "torchrun", "predict", "robustness", "export", "report", "search"}
+
+
+def test_commands_share_library_modules_never_each_other() -> None:
+    edges = _package_imports()
+    for command in COMMAND_MODULES:
+        assert not edges[command] & COMMAND_MODULES, (command, edges[command] & COMMAND_MODULES)
+    assert "composition" in edges["search"] and "metrics" in edges["search"]
 
 
 def test_no_import_cycle_counting_lazy_and_type_checking_imports() -> None:

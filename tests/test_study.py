@@ -4,6 +4,7 @@ run counts the images it mixed."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from cutmix_runner.config import DataConfig, expected_dose
+from cutmix_runner.config import expected_dose
 from cutmix_runner.data import build_splits
 from cutmix_runner.summary import dose
 from cutmix_runner.validation import validate
@@ -113,8 +114,7 @@ def test_the_training_subset_and_validation_split_follow_the_seed(cifar_folder: 
     def draw(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         run = validate(compose("experiment=study_none", f"trainer.seed={seed}"))
         assert run.data.split_seed == seed
-        cfg = DataConfig(root=str(cifar_folder), val_size=20, train_subset=30,
-                         split_seed=run.data.split_seed)
+        cfg = dataclasses.replace(run.data, root=str(cifar_folder), val_size=20, train_subset=30)
         splits = build_splits(cfg)
         return splits.train_x, splits.val_x
 
