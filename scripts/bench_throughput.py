@@ -22,8 +22,10 @@ to compare. Replaces the "CPU benchmark" section of --out (or appends a dated se
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import datetime
+import functools
 import platform
 import sys
 import time
@@ -54,6 +56,12 @@ MODEL_ONLY_TARGET = 0.9  # ours / model-only
 BEGIN, END = "<!-- bench:cpu -->", "<!-- /bench:cpu -->"
 
 
+@functools.cache
+def study_recipe() -> RunConfig:
+    """The study's recipe (experiment=cutmix_staged, trainer=default), composed once."""
+    return validate(compose_train(["experiment=cutmix_staged"]))
+
+
 @dataclass
 class Bench:
     """What every measurement shares: where, at which size and batch, for how many steps."""
@@ -68,7 +76,7 @@ class Bench:
     def config(self, channels_last: bool = True, explicit_padding: bool | None = None) -> RunConfig:
         """The study's recipe (trainer=default: fp32 frozen modules) at the bench's model, size,
         batch and layout."""
-        cfg = validate(compose_train(["experiment=cutmix_staged"]))
+        cfg = copy.deepcopy(study_recipe())
         cfg.model = dataclasses.replace(self.model, image_size=self.size,
                                         explicit_depthwise_padding=explicit_padding)
         cfg.trainer = dataclasses.replace(cfg.trainer, batch_size=self.batch,

@@ -25,6 +25,7 @@ WORK=$(mktemp -d)
 DATA_ROOT=${DATA_ROOT:-../shared/data/cifar10}
 
 if [[ $DRY == 1 ]]; then
+  export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # toy sizes: more threads only synchronise
   OUT=$WORK/benchmarks.md
   TEST_ARGS=(-m cuda -q -p no:cacheprovider --co)      # collect only: no GPU to run them on
   BENCH_ARGS=(--device cpu --model test_efficientnet --sizes 32 --batches 8 --repeats 1)

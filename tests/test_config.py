@@ -153,12 +153,12 @@ def test_a_plus_key_the_schema_does_not_have_is_refused() -> None:
 def test_a_mistyped_group_option_lists_every_option_nearest_first() -> None:
     from hydra.errors import MissingConfigException
 
-    from cutmix_runner.cli import _one_line
+    from cutmix_runner.composition import one_line
 
     with pytest.raises(MissingConfigException) as exc:
         _compose("trainer=gpuu")
-    assert _one_line(exc.value) == ("trainer=gpuu: no such option; choose from gpu, cpu, "
-                                    "default (nearest first)")
+    assert one_line(exc.value) == ("trainer=gpuu: no such option; choose from gpu, cpu, "
+                                   "default (nearest first)")
 
 
 def _leaves(tree: object, prefix: str = "") -> dict[str, object]:

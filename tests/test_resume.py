@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import ROOT, TIMING, run_cli
+from tests.helpers import ROOT, TIMING, run_cli, train_cli
 
 # Smoke run: 200 synthetic images, batch 32 -> 7 steps per epoch; stages head (2 epochs,
 # steps 1-14), adapt (1 epoch, steps 15-21), late (1 epoch, steps 22-28).
@@ -30,7 +30,10 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
 
 
 def _run(out: Path, *extra: str, fault: str | None = None):
-    env = {"CUTMIX_RUNNER_FAULT": fault} if fault else {}
+    """The smoke run into `out`: in this process, or, with a `fault` that kills it, in its own."""
+    if fault is None:
+        return train_cli(*SMOKE, f"hydra.run.dir={out}", *extra)
+    env = {"CUTMIX_RUNNER_FAULT": fault}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
