@@ -41,11 +41,14 @@ $(BIN)/cutmix-train: pyproject.toml
 	@touch $@
 
 # The fast suite (slow tests deselected). Exit code 5 (no tests collected) fails too.
+# One worker per core (pytest-xdist); a test file's tests stay in one worker, so the DDP tests
+# never launch two torchruns at once. Each process uses one thread (tests/conftest.py).
+PYTEST_WORKERS ?= -n auto --dist loadfile
 test: setup ## the test suite without slow tests (synthetic data, a few minutes)
-	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_WORKERS) $(ARGS)
 
 test-all: setup ## every test, slow ones included
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q $(PYTEST_WORKERS) $(ARGS)
 
 lint: setup ## ruff
 	$(BIN)/ruff check .
