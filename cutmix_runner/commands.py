@@ -189,7 +189,7 @@ def evaluate(argv: list[str] | None = None) -> NoReturn:
     args = parser.parse_args(argv)
     if args.seed < 0 or args.batch_size < 1 or (args.limit is not None and args.limit < 1):
         parser.error("--seed must be >= 0, --batch-size and --limit at least 1")
-    run("cutmix-eval", lambda: _tool("robustness").run(args, _command(argv, "cutmix-eval")))
+    run("cutmix-eval", lambda: _tool("corruption_eval").run(args, _command(argv, "cutmix-eval")))
 
 
 # ---------------------------------------------------------------- cutmix-export

@@ -12,7 +12,7 @@ from cutmix_runner.stats import mean_ci
 
 if TYPE_CHECKING:
     from cutmix_runner.claims import Row
-    from cutmix_runner.runs import Run
+    from cutmix_runner.runs import RunRecord
 
 
 def pyplot() -> Any:
@@ -32,11 +32,11 @@ def _save(fig: Any, out: Path, name: str) -> str:
     return name
 
 
-def _stage_boundaries(run: Run) -> list[float]:
+def _stage_boundaries(run: RunRecord) -> list[float]:
     return [r["global_epoch"] + 0.5 for r in run.records if r.get("stage_end")][:-1]
 
 
-def curves(arms: dict[str, list[Run]], out: Path, name: str = "accuracy_curves.png") -> str:
+def curves(arms: dict[str, list[RunRecord]], out: Path, name: str = "accuracy_curves.png") -> str:
     """Validation and clean-train accuracy per epoch, mean over each arm's seeds."""
     fig, axes = pyplot().subplots(1, 2, figsize=(12, 4.5), sharey=True)
     for arm, runs in arms.items():
@@ -56,7 +56,7 @@ def curves(arms: dict[str, list[Run]], out: Path, name: str = "accuracy_curves.p
     return _save(fig, out, name)
 
 
-def bars(arms: dict[str, list[Run]], metric: str, title: str, out: Path, name: str) -> str:
+def bars(arms: dict[str, list[RunRecord]], metric: str, title: str, out: Path, name: str) -> str:
     """One bar per arm: the metric's mean with its 95 % interval."""
     names = list(arms)
     estimates = [mean_ci([r.scalars[metric] for r in arms[a] if metric in r.scalars] or
@@ -70,7 +70,7 @@ def bars(arms: dict[str, list[Run]], metric: str, title: str, out: Path, name: s
     return _save(fig, out, name)
 
 
-def reliability(arms: dict[str, list[Run]], out: Path, name: str = "reliability.png") -> str:
+def reliability(arms: dict[str, list[RunRecord]], out: Path, name: str = "reliability.png") -> str:
     """Test reliability diagram per arm, bins pooled over seeds."""
     fig, ax = pyplot().subplots(figsize=(5.5, 5))
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=0.8)

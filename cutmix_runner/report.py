@@ -21,7 +21,7 @@ from cutmix_runner import claims, plots, stats
 from cutmix_runner.artifacts import new_folder
 from cutmix_runner.claims import CELL_ORDER, DESIGN2, DESIGN3, Row
 from cutmix_runner.config import neutral_keys
-from cutmix_runner.runs import ReportError, Run, eval_settings, load_runs
+from cutmix_runner.runs import ReportError, RunRecord, eval_settings, load_runs
 from cutmix_runner.stats import POWER, mean_ci
 
 SEED_KEYS = {"trainer.seed"}
@@ -31,7 +31,7 @@ MIN_SEEDS = 5  # fewer seeds per arm are flagged in the report
 NEUTRAL_PREFIXES = (*neutral_keys(), "hydra.")
 
 
-def assign_arms(runs: list[Run], arm_keys: list[str] | None,
+def assign_arms(runs: list[RunRecord], arm_keys: list[str] | None,
                 stratum_keys: tuple[str, ...] = ()) -> list[str]:
     """Label each run's arm and stratum; returns the keys that define arms. Refuses mixed
     comparisons."""
@@ -60,7 +60,7 @@ def assign_arms(runs: list[Run], arm_keys: list[str] | None,
 
 # ---------------------------------------------------------------- per-run scalars
 
-METRICS: list[tuple[str, str, Callable[[Run], float], float]] = [
+METRICS: list[tuple[str, str, Callable[[RunRecord], float], float]] = [
     # name, description, getter, display scale
     ("test_accuracy", "test accuracy, best-validation weights (%)",
      lambda r: r.summary["test_accuracy"], 100),
@@ -93,7 +93,7 @@ METRICS: list[tuple[str, str, Callable[[Run], float], float]] = [
 ]
 
 
-def collect(runs: list[Run]) -> None:
+def collect(runs: list[RunRecord]) -> None:
     for run in runs:
         for name, _, getter, _ in METRICS:
             try:
@@ -122,14 +122,14 @@ def stratum_order(strata: set[str]) -> list[str]:
 class Study:
     """Runs indexed by (arm, stratum); `look` serves the claims their per-seed values."""
 
-    runs: list[Run]
+    runs: list[RunRecord]
     arm_keys: list[str]
     strata: list[str]
-    arms: dict[tuple[str, str], list[Run]]
+    arms: dict[tuple[str, str], list[RunRecord]]
 
     @classmethod
-    def of(cls, runs: list[Run], arm_keys: list[str]) -> Study:
-        arms: dict[tuple[str, str], list[Run]] = {}
+    def of(cls, runs: list[RunRecord], arm_keys: list[str]) -> Study:
+        arms: dict[tuple[str, str], list[RunRecord]] = {}
         for run in sorted(runs, key=lambda r: (r.arm, r.seed)):
             same = arms.setdefault((run.arm, run.stratum), [])
             twin = next((r for r in same if r.seed == run.seed), None)
@@ -150,7 +150,7 @@ class Study:
             return {r.seed: r.scalars[metric] for r in matches[0] if metric in r.scalars}
         return look
 
-    def in_stratum(self, stratum: str) -> dict[str, list[Run]]:
+    def in_stratum(self, stratum: str) -> dict[str, list[RunRecord]]:
         return {arm: runs for (arm, s), runs in self.arms.items() if s == stratum}
 
 
@@ -299,7 +299,7 @@ def comparisons_section(study: Study, reference: list[str]) -> list[str]:
     return lines + [""]
 
 
-def check_comparable_corruptions(runs: list[Run]) -> list[str]:
+def check_comparable_corruptions(runs: list[RunRecord]) -> list[str]:
     """cutmix-eval results compare only when measured alike; otherwise they are left out."""
     if len({eval_settings(r) for r in runs if r.eval}) <= 1:
         return []
@@ -336,7 +336,7 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-def machines_line(runs: list[Run]) -> list[str]:
+def machines_line(runs: list[RunRecord]) -> list[str]:
     """Which CPU kinds (summary.json's cpu_isa) produced the runs: float kernels round
     differently on each, so a report says so when it mixes them."""
     kinds: dict[str, int] = {}

@@ -5,7 +5,7 @@
       metrics.jsonl                          one line per finished epoch (artifacts.MetricsLog)
       checkpoints/{last,best}.pt             checkpoint.py
       summary.json                           written once, after the test set (summary.py)
-      eval/eval.json                         cutmix-eval (robustness.py)
+      eval/eval.json                         cutmix-eval (corruption_eval.py)
       export/model.onnx                      cutmix-export (export.py)
 
 Nothing here needs torch (nor writes: artifacts.py does, atomically): the report and the tools'

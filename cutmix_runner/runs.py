@@ -25,7 +25,9 @@ class ReportError(UserError):
 
 
 @dataclass
-class Run:
+class RunRecord:
+    """A finished run as read from disk (the trainer's own `Run` is the one being trained)."""
+
     path: Path
     overrides: dict[str, str]
     summary: Summary
@@ -55,7 +57,7 @@ def _read_records(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def eval_settings(run: Run) -> tuple | None:
+def eval_settings(run: RunRecord) -> tuple | None:
     """What a run's cutmix-eval measured: runs compare only when this is the same."""
     if run.eval is None:
         return None
@@ -65,7 +67,7 @@ def eval_settings(run: Run) -> tuple | None:
             run.eval.get("corruptions_from", "generated"))
 
 
-def load_runs(paths: list[Path]) -> list[Run]:
+def load_runs(paths: list[Path]) -> list[RunRecord]:
     found: list[Path] = []
     for path in paths:
         if not path.exists():
@@ -77,7 +79,7 @@ def load_runs(paths: list[Path]) -> list[Run]:
     return [_load_run(RunDir(path)) for path in dict.fromkeys(p.resolve() for p in found)]
 
 
-def _load_run(run: RunDir) -> Run:
+def _load_run(run: RunDir) -> RunRecord:
     try:
         raw = yaml.safe_load(run.overrides_file.read_text()) if run.overrides_file.exists() else []
     except yaml.YAMLError:
@@ -86,5 +88,5 @@ def _load_run(run: RunDir) -> Run:
     overrides = dict(o.lstrip("+~").split("=", 1) for o in raw or [] if "=" in o)
     summary = run.read_summary()
     assert summary is not None  # found by its summary.json
-    return Run(run.path, overrides, summary, _read_records(run.metrics_file),
+    return RunRecord(run.path, overrides, summary, _read_records(run.metrics_file),
                read_json(run.eval_file) if run.eval_file.exists() else None)

@@ -32,7 +32,7 @@ from cutmix_runner.mixing import set_epoch_values
 from cutmix_runner.model import FreezePlan, set_train_mode
 from cutmix_runner.rundir import RunDir, Summary
 from cutmix_runner.runtime import Runtime
-from cutmix_runner.schedule import StageEnd
+from cutmix_runner.stage_end import StageEnd
 from cutmix_runner.step import NonFiniteLoss, StepTally, TrainStep, train_step
 
 log = logging.getLogger(__name__)

@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 
 from cutmix_runner import corruptions
+from cutmix_runner.corruption_eval import corruption_errors, evaluate_corruptions, parse_severities
 from cutmix_runner.corruptions import CORRUPTIONS, FROST_FILES, PARAMS, corrupt
 from cutmix_runner.inference import load_test_set, load_trained
-from cutmix_runner.robustness import corruption_errors, evaluate_corruptions, parse_severities
 from tests.helpers import ToolResult, run_tool
 
 FROST_GREY = 200  # the fake frost photographs: this grey in green and blue, red a gradient
@@ -234,11 +234,11 @@ def test_released_cifar10c_files_give_the_accuracy_of_their_pixels(
         trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     """Files holding exactly the corruptions cutmix-eval generates give exactly its numbers."""
-    from cutmix_runner import robustness
+    from cutmix_runner import corruption_eval
 
     trained = load_trained(trained_run)
     x, y = load_test_set(trained, trained_run)
-    monkeypatch.setattr(robustness, "RELEASED_PER_SEVERITY", len(y))
+    monkeypatch.setattr(corruption_eval, "RELEASED_PER_SEVERITY", len(y))
     folder = tmp_path / "CIFAR-10-C"
     _released_files(folder, x.numpy(), y.numpy(), ["fog", "frost"])
     generated = evaluate_corruptions(trained, x, y, ["fog", "frost"], [1, 5])

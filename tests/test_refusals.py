@@ -123,7 +123,7 @@ INTERRUPTED = {
     "predict": (["run", "photo.png", "--out", "new.json"],
                 "cutmix_runner.inference.TrainedModel.logits", "new.json"),
     "evaluate": (["run", "--out", "new_eval", "--corruptions", "fog", "--severities", "1"],
-                 "cutmix_runner.robustness.corrupted_accuracy", "new_eval"),
+                 "cutmix_runner.corruption_eval.corrupted_accuracy", "new_eval"),
     "export": (["run", "--out", "new/model.onnx"], "cutmix_runner.export.verify", "new"),
     "report": (["run", "--out", "new_report"], "cutmix_runner.plots.curves", "new_report"),
 }

@@ -159,7 +159,7 @@ def _cycle(edges: dict[str, set[str]]) -> list[str]:
 
 
 # Each tool's own module; commands.py is the layer above them all (parsers, exit codes).
-COMMAND_MODULES = {"cli", "torchrun", "predict", "robustness", "export", "report", "search"}
+COMMAND_MODULES = {"cli", "torchrun", "predict", "corruption_eval", "export", "report", "search"}
 
 
 def test_commands_share_library_modules_never_each_other() -> None:

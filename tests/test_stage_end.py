@@ -1,4 +1,4 @@
-"""Stage-end rules (schedule.py) and the per-stage LR schedule (optim.py)."""
+"""Stage-end rules (stage_end.py) and the per-stage LR schedule (optim.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 
 from cutmix_runner.config import StageConfig
 from cutmix_runner.optim import lr_factor
-from cutmix_runner.schedule import Plateau, StageEnd
+from cutmix_runner.stage_end import Plateau, StageEnd
 
 
 def test_lr_factor_warms_up_then_decays_to_floor() -> None:
