@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -24,9 +25,10 @@ if TYPE_CHECKING:
     from cutmix_runner.runtime import Runtime
 
 
-class FinishedRun(Protocol):
-    """What the last phase reads of a run (trainer.Run has it), typed here so that this module
-    needs nothing from the trainer above it."""
+@dataclass
+class FinishedRun:
+    """What the last phase reads of a run. trainer.Run extends it with what training needs, so
+    that each field is declared once and this module needs nothing from the trainer above it."""
 
     cfg: RunConfig
     dir: RunDir
@@ -36,8 +38,9 @@ class FinishedRun(Protocol):
     evaluator: Evaluator
     started: float
     logger: RunLogger
-    progress: Progress
-    last_val_logits: torch.Tensor
+    progress: Progress = field(default_factory=checkpoint.Progress)
+    last_val_logits: torch.Tensor = field(default_factory=lambda: torch.empty(0))
+
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,36 +25,27 @@ from cutmix_runner import build, checkpoint, distributed, faults, loggers, runti
 from cutmix_runner.artifacts import MetricsLog
 from cutmix_runner.checkpoint import Progress, RunState
 from cutmix_runner.config import RunConfig, StageConfig, result_config
-from cutmix_runner.data import Splits, steps_per_epoch, train_batches
+from cutmix_runner.data import steps_per_epoch, train_batches
 from cutmix_runner.errors import RunError
 from cutmix_runner.evaluation import Evaluator
 from cutmix_runner.mixing import set_epoch_values
 from cutmix_runner.model import FreezePlan, set_train_mode
 from cutmix_runner.rundir import RunDir, Summary
-from cutmix_runner.runtime import Runtime
 from cutmix_runner.stage_end import StageEnd
 from cutmix_runner.step import NonFiniteLoss, StepTally, TrainStep, train_step
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Run:
-    """A run's built parts, and its progress, which the phases below update."""
+@dataclass(kw_only=True)
+class Run(summary.FinishedRun):
+    """A run's built parts, and its progress, which the phases below update: what the last phase
+    reads (summary.FinishedRun: config, directory, runtime, data, model, evaluator, start time,
+    logger, progress), and what training needs besides."""
 
-    cfg: RunConfig
-    dir: RunDir
-    runtime: Runtime
-    data: Splits
-    model: torch.nn.Module
-    evaluator: Evaluator
     clean_train: tuple[torch.Tensor, torch.Tensor]
     data_order: torch.Generator  # shuffles and augments the training set, epoch after epoch
-    started: float
     metrics: MetricsLog
-    logger: loggers.RunLogger
-    progress: Progress = field(default_factory=Progress)
-    last_val_logits: torch.Tensor = field(default_factory=lambda: torch.empty(0))
     elapsed_before: float = 0.0  # wall-clock seconds of the sittings before a resume
 
     def elapsed(self) -> float:
@@ -97,11 +88,11 @@ def prepare(cfg: RunConfig, out_dir: Path) -> Run:
         runtime.seed_everything(rt.world.seed(cfg.trainer.seed))
     writer = rt.world.is_writer
     return Run(cfg, RunDir(out_dir), rt, data, model,
-               Evaluator(model, preprocess, cfg.trainer, rt.eval_autocast),
-               build.clean_train_subset(data, cfg),
-               torch.Generator().manual_seed(cfg.trainer.seed), started,
-               MetricsLog(RunDir(out_dir).metrics_file, writes=writer),
-               loggers.build(cfg.trainer.logger, out_dir, data.classes, writer))
+               Evaluator(model, preprocess, cfg.trainer, rt.eval_autocast), started,
+               loggers.build(cfg.trainer.logger, out_dir, data.classes, writer),
+               clean_train=build.clean_train_subset(data, cfg),
+               data_order=torch.Generator().manual_seed(cfg.trainer.seed),
+               metrics=MetricsLog(RunDir(out_dir).metrics_file, writes=writer))
 
 
 def fit(run: Run, on_checked: Callable[[], None] | None = None) -> Summary:
