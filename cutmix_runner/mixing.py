@@ -86,15 +86,6 @@ def box_for_area(height: int, width: int, area: float, g: torch.Generator) -> tu
 MODES = ("batch", "elem")
 
 
-def _check_common(prob: float, alpha: float, min_area: float, max_area: float) -> None:
-    if not 0.0 <= prob <= 1.0:
-        raise ValueError(f"prob must be in [0, 1], got {prob}")
-    if alpha <= 0:
-        raise ValueError(f"alpha must be > 0, got {alpha}")
-    if not 0.0 <= min_area <= max_area <= 1.0:
-        raise ValueError(f"need 0 <= min_area <= max_area <= 1, got {min_area}, {max_area}")
-
-
 def _own_share(partner: torch.Tensor, lam: torch.Tensor) -> tuple[float, float]:
     """(mean weight of each image's own label, fraction of images actually changed).
 
@@ -107,14 +98,13 @@ def _own_share(partner: torch.Tensor, lam: torch.Tensor) -> tuple[float, float]:
 
 
 class Regularizer:
-    """Base: holds the shared knobs and the generator; subclasses implement ``apply``."""
+    """Base: holds the shared knobs and the generator; subclasses implement ``apply``. Values
+    are checked once, by config.RegularizerConfig.validate (and the mode against MODES by
+    validation.py), before any regularizer is built."""
 
     def __init__(self, num_classes: int, prob: float = 1.0, alpha: float = 1.0,
                  min_area: float = 0.0, max_area: float = 1.0, seed: int = 0,
                  mode: str = "batch") -> None:
-        _check_common(prob, alpha, min_area, max_area)
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, got '{mode}'")
         self.mode = mode
         self.num_classes = num_classes
         self.prob = prob
@@ -268,10 +258,6 @@ class RandomErasing(Regularizer):
                  max_area: float = 0.33, min_aspect: float = 0.3, max_aspect: float = 3.3,
                  fill: str = "random", seed: int = 0) -> None:
         super().__init__(num_classes, prob, 1.0, min_area, max_area, seed)
-        if not 0 < min_aspect <= max_aspect:
-            raise ValueError(f"need 0 < min_aspect <= max_aspect, got {min_aspect}, {max_aspect}")
-        if fill not in ("random", "zero"):
-            raise ValueError(f"fill must be 'random' or 'zero', got '{fill}'")
         self.min_aspect = min_aspect
         self.max_aspect = max_aspect
         self.fill = fill
@@ -315,8 +301,6 @@ class CutMixOrMixUp(Regularizer):
     def __init__(self, cutmix: CutMix, mixup: MixUp, prob: float = 1.0, switch_prob: float = 0.5,
                  seed: int = 0) -> None:
         super().__init__(cutmix.num_classes, prob, seed=seed)
-        if not 0.0 <= switch_prob <= 1.0:
-            raise ValueError(f"switch_prob must be in [0, 1], got {switch_prob}")
         # The branches always mix once chosen; this object's `prob` decides whether to mix.
         cutmix.prob = mixup.prob = 1.0
         self.cutmix, self.mixup, self.switch_prob = cutmix, mixup, switch_prob
