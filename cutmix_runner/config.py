@@ -6,11 +6,12 @@ from the module-level ``parse``, before any training starts. The names a key may
 regularizer, an optimizer, a data set) come from the registries of the modules that build them,
 so adding an option is one entry in one file.
 
-Recipe values (what a run trains with) live in the YAML alone: their fields here are MISSING,
-so a config that is not composed from the YAML fails instead of training a recipe no run uses.
-The defaults that remain are the neutral ones: the "off" value of an option (no regularizer, no
-ramp, no trigger) and the result-neutral settings (device, logging, resume), which a checkpoint's
-config does not hold and a key added later takes on an older checkpoint.
+A value the YAML sets lives in the YAML alone: its field here is MISSING, so a config that is not
+composed from the YAML fails instead of training a recipe no run uses. The defaults that remain
+are the "off" value of an option (no regularizer, no ramp, no trigger), the result-neutral
+settings (device, logging, resume), which a checkpoint's config does not hold, and constants of a
+method that no YAML sets (CutMix's and MixUp's alpha, Random Erasing's aspect range, SGD's
+momentum, the LR-scaling reference batch).
 
 This module imports no torch, and nothing of this package but its errors: the report uses its
 rules (which keys change results) on JSON alone. Whether an option name exists is asked of the
@@ -420,9 +421,25 @@ def result_config(cfg: RunConfig) -> dict[str, Any]:
     return out
 
 
+# The default option of each group that holds recipe values (configs/train.yaml's defaults):
+# where a key the schema leaves MISSING gets its value for a checkpoint saved before it existed.
+BASE_GROUP_FILES = {"model": "model/efficientnet_lite0.yaml", "data": "data/cifar10.yaml",
+                    "optim": "optim/adamw.yaml", "trainer": "trainer/default.yaml"}
+
+
+def completed(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved `result_config` with the keys it lacks (added to the schema after it was saved)
+    at their values in the base group files, the behaviour before each key existed. Keys with a
+    schema default take that default when the result is parsed."""
+    base = {group: {k: v for k, v in (OmegaConf.to_container(
+        OmegaConf.load(CONFIG_DIR / name)) or {}).items() if k != "defaults"}  # type: ignore[union-attr]
+        for group, name in BASE_GROUP_FILES.items()}
+    return OmegaConf.to_container(OmegaConf.merge(base, saved))  # type: ignore[return-value]
+
+
 def with_current_defaults(saved: dict[str, Any]) -> dict[str, Any]:
     """A saved `result_config` with the keys added to the schema since then at their defaults."""
-    merged = OmegaConf.merge(OmegaConf.structured(RunConfig), saved)
+    merged = OmegaConf.merge(OmegaConf.structured(RunConfig), completed(saved))
     return result_config(OmegaConf.to_object(merged))  # type: ignore[arg-type]
 
 

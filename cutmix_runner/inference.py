@@ -97,12 +97,14 @@ def run_summary(source: Path) -> Summary | None:
 
 def load_test_set(trained: TrainedModel, path: Path | str,
                   data_root: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The run's test split (uint8 images, labels), for checks on a trained model.
+    """The run's test set (uint8 images, labels), all of it, for checks on a trained model.
 
     The data set's location is not part of a checkpoint (it does not change results): it comes
     from `data_root`, else from the run directory's .hydra/config.yaml, else the default.
     """
-    cfg = trained.config.data
+    # The whole test set, even for a run scored on data.test_subset: the tools' checks, and
+    # the released CIFAR-10-C files, which follow the test set image by image.
+    cfg = dataclasses.replace(trained.config.data, test_subset=None)
     root = data_root or _trained_data_root(checkpoint.find_checkpoint(Path(path)))
     if root is not None:
         cfg = dataclasses.replace(cfg, root=root)

@@ -22,6 +22,7 @@ import torch
 from cutmix_runner.config import StageConfig
 from cutmix_runner.data import Splits
 from cutmix_runner.mixing import Regularizer, one_hot
+from cutmix_runner.rundir import RunDir
 
 TENSORBOARD_HINT = "pip install 'cutmix-runner[tensorboard]' (or pip install tensorboard)"
 
@@ -85,7 +86,7 @@ class RunLogger:
         fig = grid_figure(mixed, targets, self.classes,
                           f"stage '{name}': {reg.name}, applied with prob {reg.prob} "
                           f"(the grid shows it applied)")
-        fig.savefig(self.out_dir / f"examples_{name}.png", dpi=100)
+        fig.savefig(RunDir(self.out_dir).examples(name), dpi=100)
         self.figure(f"examples/{name}", fig, global_step)
         from cutmix_runner.plots import pyplot
 
@@ -116,7 +117,7 @@ class TensorBoardLogger(RunLogger):
         super().__init__(out_dir, classes)
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(out_dir / "tensorboard"))
+        self.writer = SummaryWriter(log_dir=str(RunDir(out_dir).tensorboard))
 
     def figure(self, tag: str, fig: Any, global_step: int) -> None:
         self.writer.add_figure(tag, fig, global_step, close=False)

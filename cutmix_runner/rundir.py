@@ -7,6 +7,7 @@
       summary.json                           written once, after the test set (summary.py)
       eval/eval.json                         cutmix-eval (corruption_eval.py)
       export/model.onnx                      cutmix-export (export.py)
+      examples_STAGE.png, tensorboard/       what the run shows (loggers.py)
 
 Nothing here needs torch (nor writes: artifacts.py does, atomically): the report and the tools'
 argument checks read run directories too.
@@ -131,6 +132,14 @@ class RunDir:
     @property
     def export_file(self) -> Path:
         return self.path / "export" / "model.onnx"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / "tensorboard"
+
+    def examples(self, stage: str) -> Path:
+        """The grid of a stage's first training images, mixed as the stage mixes them."""
+        return self.path / f"examples_{stage}.png"
 
     def holds_a_run(self) -> bool:
         """A run started here: it wrote an epoch or a checkpoint."""

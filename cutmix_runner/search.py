@@ -126,6 +126,10 @@ class PruningReporter:
                                      f"{record['global_epoch']}")
 
 
+OPTUNA_TRIAL_LOGGER = "optuna.study._optimize"
+SILENCED = logging.Filter("silenced")  # passes only loggers named silenced.*: none of Optuna's
+
+
 def objective(space: dict[str, dict[str, Any]], base: list[str], out: Path) -> Any:
     from cutmix_runner import trainer
     from cutmix_runner.composition import compose_train
@@ -144,7 +148,7 @@ def objective(space: dict[str, dict[str, Any]], base: list[str], out: Path) -> A
             trainer.train_stages(run)  # training and validation only: no test set
         except KeyboardInterrupt:
             # Optuna would add two warnings about this trial; the command's one line says it.
-            logging.getLogger("optuna.study._optimize").addFilter(lambda _record: False)
+            logging.getLogger(OPTUNA_TRIAL_LOGGER).addFilter(SILENCED)
             raise
         finally:
             logger.close()
@@ -241,8 +245,11 @@ def search(args: argparse.Namespace, command: str) -> Path:
                           "give an RDB URL such as sqlite:///path/study.db") from None
     out.mkdir(parents=True, exist_ok=True)
     done = len(study.trials)
-    study.optimize(objective(space, args.overrides, out), n_trials=args.trials,
-                   catch=(UserError,))
+    try:
+        study.optimize(objective(space, args.overrides, out), n_trials=args.trials,
+                       catch=(UserError,))
+    finally:
+        logging.getLogger(OPTUNA_TRIAL_LOGGER).removeFilter(SILENCED)
     log.info("study %s: %d trials before, %d now", args.study_name, done, len(study.trials))
     if not any(t.state.name == "COMPLETE" for t in study.trials):
         raise SearchError("no trial completed; see the trials' logs under " + str(out))

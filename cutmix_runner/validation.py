@@ -11,7 +11,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from cutmix_runner import loggers
-from cutmix_runner.config import RunConfig, parse
+from cutmix_runner.config import RunConfig, completed, parse
 from cutmix_runner.data import DATASETS
 from cutmix_runner.errors import ConfigError
 from cutmix_runner.mixing import ELEM_REGULARIZERS, MODES, REGULARIZERS
@@ -56,5 +56,6 @@ def validate(cfg: DictConfig | dict[str, Any]) -> RunConfig:
 
 
 def from_result_config(saved: dict[str, Any]) -> RunConfig:
-    """A checked RunConfig from a checkpoint's `result_config`; neutral keys take defaults."""
-    return validate(saved)
+    """A checked RunConfig from a checkpoint's `result_config`; neutral keys take defaults, and
+    keys added since it was saved their earlier behaviour (config.completed)."""
+    return validate(completed(saved))

@@ -91,6 +91,17 @@ def train_in_process(out: Path, *overrides: str) -> dict[str, Any]:
         torch.set_num_threads(threads)
 
 
+@contextmanager
+def _working_directory(folder: Path) -> Iterator[None]:
+    """contextlib.chdir, which Python 3.10 lacks (pyproject allows 3.10)."""
+    before = Path.cwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
 def train_cli(*args: str, cwd: Path = ROOT) -> ToolResult:
     """`cutmix-train ARGS...` in this process (cli.main, as the entry point calls it), with its
     exit code and output captured: what a test needs when the process itself is not under test.
@@ -107,7 +118,7 @@ def train_cli(*args: str, cwd: Path = ROOT) -> ToolResult:
     threads, handlers = torch.get_num_threads(), list(logging.getLogger().handlers)
     argv, sys.argv = sys.argv, ["cutmix-train", *args]
     try:
-        with contextlib.chdir(cwd), contextlib.redirect_stdout(out), \
+        with _working_directory(cwd), contextlib.redirect_stdout(out), \
                 contextlib.redirect_stderr(err):
             try:
                 cli.main()

@@ -65,10 +65,17 @@ def test_resume_path_rules(tmp_path: Path) -> None:
 
 
 def test_a_checkpoint_from_before_a_new_key_still_fits(tmp_path: Path) -> None:
-    """Keys added to the schema later take their defaults; a changed default is still named."""
+    """Keys added to the schema later take their defaults, or, for a recipe key (no default in
+    the schema), its value in the base group file; a changed default is still named."""
+    from cutmix_runner.validation import from_result_config
+
     state = _state()
-    del state.config["optim"]["reference_batch_size"], state.config["optim"]["lr_scaling"]
+    del state.config["optim"]["lr_scaling"], state.config["trainer"]["eval_precision"]
     checkpoint.check_fits(state, recipe(), "fp32", tmp_path)
+    assert from_result_config(state.config).trainer.eval_precision == "fp32"
+    del state.config["trainer"]["frozen_precision"]  # fp32 before the key; the recipe's is auto
+    with pytest.raises(RunError, match="trainer.frozen_precision: 'fp32' -> 'auto'"):
+        checkpoint.check_fits(state, recipe(), "fp32", tmp_path)
     state.config["model"]["explicit_depthwise_padding"] = True  # the old default; now null
     with pytest.raises(RunError, match="model.explicit_depthwise_padding: True -> None"):
         checkpoint.check_fits(state, recipe(), "fp32", tmp_path)

@@ -32,7 +32,8 @@ def test_default_config_validates_into_three_stages() -> None:
 
 
 def test_a_config_not_composed_from_the_yaml_is_refused_naming_the_key() -> None:
-    """The schema holds no recipe values: a hand-made config lacks them and says which."""
+    """The schema leaves the keys the YAML sets empty: a hand-made config lacks them, and the
+    refusal says which."""
     with pytest.raises(ConfigError, match="^model.name: no value; the recipe's YAML"):
         validate({})
     stage = {"epochs": 1, "lr_head": 0.1, "lr_backbone": 0.1}  # no unfreeze_blocks

@@ -35,3 +35,25 @@ def test_summary_round_trip_and_what_is_no_summary(tmp_path: Path) -> None:
     run.summary_file.write_text('{"test_accuracy": ')
     with pytest.raises(UserError, match="summary.json is not valid JSON"):
         run.read_summary()
+
+
+def test_a_new_output_folder_goes_again_when_the_command_fails_and_an_old_one_stays(
+        tmp_path: Path) -> None:
+    from cutmix_runner.artifacts import new_folder
+
+    with pytest.raises(KeyboardInterrupt), new_folder(tmp_path / "new" / "report") as folder:
+        (folder / "half.png").write_bytes(b"")
+        raise KeyboardInterrupt
+    assert not (tmp_path / "new").exists()  # the folders it made, and what was half-written
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "keep.md").write_text("a user's file\n")
+    with pytest.raises(RuntimeError), new_folder(old / "sub"):
+        raise RuntimeError
+    assert (old / "keep.md").read_text() == "a user's file\n" and not (old / "sub").exists()
+    with pytest.raises(RuntimeError), new_folder(old):
+        raise RuntimeError
+    assert (old / "keep.md").exists()  # a folder that existed before is kept as it was
+    with new_folder(tmp_path / "done") as folder:
+        (folder / "result.json").write_text("{}")
+    assert (tmp_path / "done" / "result.json").exists()

@@ -51,11 +51,7 @@ def test_result_config_drops_exactly_the_neutral_keys() -> None:
     assert kept["trainer"]["seed"] == 0 and kept["data"]["val_size"] == 2000
 
 
-BASE_GROUP_FILES = ["model/efficientnet_lite0.yaml", "data/cifar10.yaml", "data/synthetic.yaml",
-                    "optim/adamw.yaml", "trainer/default.yaml"]
-
-
-@pytest.mark.parametrize("name", BASE_GROUP_FILES)
+@pytest.mark.parametrize("name", [*config.BASE_GROUP_FILES.values(), "data/synthetic.yaml"])
 def test_a_recipe_value_lives_in_the_yaml_alone(name: str) -> None:
     """A key a base group file sets has no value in the schema (MISSING): the dataclasses hold
     no second, disagreeing copy of the recipe. Neutral keys live in the schema alone."""
