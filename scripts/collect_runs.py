@@ -13,21 +13,24 @@ import shutil
 import sys
 from pathlib import Path
 
-FILES = ("summary.json", "metrics.jsonl", "eval/eval.json", ".hydra/config.yaml",
-         ".hydra/overrides.yaml", ".hydra/hydra.yaml")
+from cutmix_runner.rundir import RunDir
+
+# What a report needs of a run (RunDir's names; no checkpoints).
+FILES = ("summary_file", "metrics_file", "eval_file", "config_file", "overrides_file", "hydra_file")
 
 
 def collect(sweep: Path, dest: Path) -> int:
     copied = 0
-    for summary in sorted(sweep.rglob("summary.json")):
-        run = summary.parent
-        if run.name == "eval":  # cutmix-eval's own folder, not a run
+    for summary in sorted(sweep.rglob(RunDir(sweep).summary_file.name)):
+        run = RunDir(summary.parent)
+        if run.path.name == run.eval_dir.name:  # cutmix-eval's own folder, not a run
             continue
-        target = dest / run.relative_to(sweep)
+        target = RunDir(dest / run.path.relative_to(sweep))
         for name in FILES:
-            if (run / name).exists():
-                (target / name).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(run / name, target / name)
+            source, copy = getattr(run, name), getattr(target, name)
+            if source.exists():
+                copy.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, copy)
         copied += 1
     return copied
 

@@ -16,12 +16,14 @@ from pathlib import Path
 
 import yaml
 
+from cutmix_runner.rundir import RunDir
+
 
 def epoch_rows(run: Path) -> list[str]:
-    train_size = json.loads((run / "summary.json").read_text())["train_size"]
+    train_size = json.loads(RunDir(run).summary_file.read_text())["train_size"]
     batch = _config_batch(run)
     rows = []
-    for line in (run / "metrics.jsonl").read_text().splitlines():
+    for line in RunDir(run).metrics_file.read_text().splitlines():
         r = json.loads(line)
         train_seconds = train_size / r["images_per_second"]
         first = r.get("first_step_seconds", 0.0)
@@ -33,11 +35,11 @@ def epoch_rows(run: Path) -> list[str]:
 
 def _config_batch(run: Path) -> int:
     """trainer.batch_size from the run's composed config."""
-    return yaml.safe_load((run / ".hydra" / "config.yaml").read_text())["trainer"]["batch_size"]
+    return yaml.safe_load(RunDir(run).config_file.read_text())["trainer"]["batch_size"]
 
 
 def run_row(run: Path) -> str:
-    s = json.loads((run / "summary.json").read_text())
+    s = json.loads(RunDir(run).summary_file.read_text())
     return (f"| {run.name} | {s['device_name']} | {s['image_size']} | {s['train_size']} | "
             f"{s['test_accuracy']:.4f} | {s['test_accuracy_single_view']:.4f} | "
             f"{s['total_seconds']:.0f} |")

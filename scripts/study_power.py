@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from cutmix_runner.rundir import RunDir
 from cutmix_runner.stats import min_detectable_effect
 
 ARMS = ("study_none", "study_increasing")
@@ -27,8 +28,8 @@ NS = (3, 4, 5, 6, 8)
 def load(folder: Path, seeds: set[int] | None) -> dict[tuple[str, str, str], dict[int, float]]:
     """(arm, size, regime) -> {seed: test accuracy}."""
     values: dict[tuple[str, str, str], dict[int, float]] = {}
-    for summary in sorted(folder.glob("*/summary.json")):
-        raw = yaml.safe_load((summary.parent / ".hydra" / "overrides.yaml").read_text())
+    for summary in sorted(folder.glob(f"*/{RunDir(folder).summary_file.name}")):
+        raw = yaml.safe_load(RunDir(summary.parent).overrides_file.read_text())
         overrides = dict(o.split("=", 1) for o in raw if "=" in o)
         seed = int(overrides.get("trainer.seed", 0))
         if seeds is not None and seed not in seeds:
