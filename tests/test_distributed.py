@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -281,6 +282,22 @@ def test_bad_input_under_torchrun_is_one_line(override: str, message: str,
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr[-3000:]
+    assert list(tmp_path.iterdir()) == []  # no run folder, no log: nothing written
+
+
+def test_a_refused_torchrun_leaves_a_finished_run_byte_identical(uninterrupted: Path,
+                                                                tmp_path: Path) -> None:
+    """Another seed into a directory that holds a finished run: refused before rank 0 writes
+    anything, .hydra/ included (Hydra's own files are written only once the checks pass)."""
+    run = tmp_path / "run"
+    shutil.copytree(uninterrupted, run)
+    before = {str(p.relative_to(run)): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    result = torchrun(tmp_path, *SMOKE, "trainer.seed=7", f"hydra.run.dir={run}")
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "already holds a run" in lines[0], result.stderr[-3000:]
+    after = {str(p.relative_to(run)): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert after == before and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
 @pytest.mark.parametrize("count, words", [("0", "--nproc_per_node=0: give a number"),
