@@ -20,6 +20,7 @@ registry that builds it, by validation.py, one layer up.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -431,10 +432,16 @@ def completed(saved: dict[str, Any]) -> dict[str, Any]:
     """A saved `result_config` with the keys it lacks (added to the schema after it was saved)
     at their values in the base group files, the behaviour before each key existed. Keys with a
     schema default take that default when the result is parsed."""
-    base = {group: {k: v for k, v in (OmegaConf.to_container(
+    return OmegaConf.to_container(OmegaConf.merge(_base_values(), saved))  # type: ignore[return-value]
+
+
+@functools.cache
+def _base_values() -> dict[str, Any]:
+    """The base group files' values, read once per process (every resume check and every
+    loaded checkpoint asks for them)."""
+    return {group: {k: v for k, v in (OmegaConf.to_container(
         OmegaConf.load(CONFIG_DIR / name)) or {}).items() if k != "defaults"}  # type: ignore[union-attr]
         for group, name in BASE_GROUP_FILES.items()}
-    return OmegaConf.to_container(OmegaConf.merge(base, saved))  # type: ignore[return-value]
 
 
 def with_current_defaults(saved: dict[str, Any]) -> dict[str, Any]:
