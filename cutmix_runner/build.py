@@ -8,6 +8,7 @@ time is spent (config values are checked earlier, by validation.validate).
 from __future__ import annotations
 
 import torch
+from timm.utils import ModelEmaV3
 from torch import nn
 
 from cutmix_runner.config import RunConfig, StageConfig
@@ -69,6 +70,15 @@ def model_and_preprocess(cfg: RunConfig, num_classes: int, device: torch.device,
     if cfg.trainer.compile:
         model.compile()  # in place: the state dict keeps its keys, checkpoints stay portable
     return model, preprocess
+
+
+def weight_average(model: nn.Module, cfg: RunConfig) -> ModelEmaV3 | None:
+    """The moving average of the weights that trainer.ema_decay asks for (a copy of the model,
+    updated after every step), or None. timm's warmup lets the decay grow with the step count
+    (1 - (1 + t)^(-2/3), capped at ema_decay), so the random head of the first steps fades fast."""
+    if cfg.trainer.ema_decay is None:
+        return None
+    return ModelEmaV3(model, decay=cfg.trainer.ema_decay, use_warmup=True)
 
 
 def stage_step(model: nn.Module, cfg: RunConfig, index: int, stage: StageConfig,

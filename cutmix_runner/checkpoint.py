@@ -17,7 +17,7 @@ import io
 import logging
 import pickle
 import shutil
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,8 @@ LEGACY_GLOBALS = [np._core.multiarray._reconstruct, np.ndarray, np.dtype,
 class RunState:
     """A run after `global_epoch` finished epochs, `epoch` of them in stage `stage`."""
 
+    # The weights every evaluation scored, which the tools load: the trained weights, or their
+    # moving average under trainer.ema_decay (then `trained` holds the weights being trained).
     model: dict[str, torch.Tensor]
     config: dict[str, Any]  # result_config: a resume must match it
     precision: str
@@ -67,17 +69,22 @@ class RunState:
     optimizer: dict[str, Any]
     scheduler: dict[str, Any]
     plateau: tuple[float, int]
+    trained: dict[str, torch.Tensor] | None = None  # only under trainer.ema_decay
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, **{f.name: getattr(self, f.name) for f in fields(self)}}
 
     @classmethod
     def from_dict(cls, state: Any, path: Path, context: str = "trainer.resume") -> RunState:
-        names = [f.name for f in fields(cls)]
+        required = [f.name for f in fields(cls) if f.default is MISSING]
         if (not isinstance(state, dict) or state.get("format") != FORMAT
-                or any(name not in state for name in names)):
+                or any(name not in state for name in required)):
             raise RunError(f"{context}: {path} is not a cutmix-runner checkpoint")
-        return cls(**{name: state[name] for name in names})
+        return cls(**{f.name: state[f.name] for f in fields(cls) if f.name in state})
+
+    def trained_weights(self) -> dict[str, torch.Tensor]:
+        """The weights to continue training from."""
+        return self.model if self.trained is None else self.trained
 
 
 @dataclass

@@ -373,6 +373,11 @@ class TrainerConfig:
     # Under torchrun: BatchNorm statistics over the global batch instead of each rank's slice
     # (distributed.SyncedBatchNorm; one all-reduce per layer and step). No effect in one process.
     sync_bn: bool = False
+    # An exponential moving average of the weights (timm's ModelEmaV3 with its warmup: the
+    # decay grows from 0 towards this cap, so the early, fast-changing steps fade quickly). When
+    # set, the average is what every evaluation scores, what model selection picks and what the
+    # checkpoints' "model" holds; null: off.
+    ema_decay: float | None = None
 
     def validate(self) -> None:
         _check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
@@ -395,6 +400,8 @@ class TrainerConfig:
                f"must be accuracies in (0, 1], got {self.accuracy_levels}")
         _check(self.logger in ("none", "tensorboard"), "trainer.logger",
                f"must be none or tensorboard, got '{self.logger}'")
+        _check(self.ema_decay is None or 0 < self.ema_decay < 1, "trainer.ema_decay",
+               f"must be in (0, 1) or null, got {self.ema_decay}")
 
 
 @dataclass

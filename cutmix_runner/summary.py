@@ -86,7 +86,7 @@ def finish(run: FinishedRun) -> Summary:
     final = evaluator.test(data)
     best, val_logits = final, run.last_val_logits
     if rescore:
-        run.model.load_state_dict(checkpoint.load(run.dir.best).model)
+        evaluator.model.load_state_dict(checkpoint.load(run.dir.best).model)
         best = evaluator.test(data)
         val_logits = evaluator.evaluate(data.val_x, data.val_y).logits
     elif len(val_logits) == 0:  # resumed after the last epoch: not kept in the checkpoint

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm import tqdm
@@ -34,6 +34,9 @@ from cutmix_runner.rundir import RunDir, Summary
 from cutmix_runner.stage_end import StageEnd
 from cutmix_runner.step import NonFiniteLoss, StepTally, TrainStep, train_step
 
+if TYPE_CHECKING:
+    from timm.utils import ModelEmaV3
+
 log = logging.getLogger(__name__)
 
 
@@ -46,6 +49,7 @@ class Run(summary.FinishedRun):
     clean_train: tuple[torch.Tensor, torch.Tensor]
     data_order: torch.Generator  # shuffles and augments the training set, epoch after epoch
     metrics: MetricsLog
+    ema: ModelEmaV3 | None = None  # trainer.ema_decay: the average that evaluations score
     elapsed_before: float = 0.0  # wall-clock seconds of the sittings before a resume
 
     def elapsed(self) -> float:
@@ -86,13 +90,15 @@ def prepare(cfg: RunConfig, out_dir: Path) -> Run:
     model, preprocess = build.model_and_preprocess(cfg, data.num_classes, rt.device, rt.world)
     if rt.world.parallel:  # the head starts alike on every rank; dropout then differs by rank
         runtime.seed_everything(rt.world.seed(cfg.trainer.seed))
+    ema = build.weight_average(model, cfg)
+    scored = model if ema is None else ema.module
     writer = rt.world.is_writer
     return Run(cfg, RunDir(out_dir), rt, data, model,
-               Evaluator(model, preprocess, cfg.trainer, rt.eval_autocast), started,
+               Evaluator(scored, preprocess, cfg.trainer, rt.eval_autocast), started,
                loggers.build(cfg.trainer.logger, out_dir, data.classes, writer),
                clean_train=build.clean_train_subset(data, cfg),
                data_order=torch.Generator().manual_seed(cfg.trainer.seed),
-               metrics=MetricsLog(RunDir(out_dir).metrics_file, writes=writer))
+               metrics=MetricsLog(RunDir(out_dir).metrics_file, writes=writer), ema=ema)
 
 
 def fit(run: Run, on_checked: Callable[[], None] | None = None) -> Summary:
@@ -131,7 +137,9 @@ def resume_from(run: Run, path: Path) -> RunState:
     state.rng = run.world.check_checkpoint(state.rng, path)  # this rank's generators
     if run.world.is_writer:
         checkpoint.adopt_best(path, run.dir.checkpoints)
-    run.model.load_state_dict(state.model)
+    run.model.load_state_dict(state.trained_weights())
+    if run.ema is not None:
+        run.ema.module.load_state_dict(state.model)
     run.progress = Progress.of(state)
     run.elapsed_before = state.records[-1].get("elapsed_seconds", 0.0) if state.records else 0.0
     runtime.set_global_rng_state(state.rng)
@@ -183,13 +191,14 @@ def run_stage(run: Run, index: int, name: str, stage: StageConfig,
                "regularizer": step.regularizer.rng_state()}
         ranks = run.world.gather(rng)  # under DDP the checkpoint keeps every rank's generators
         state = RunState(
-            model=run.model.state_dict(), config=result_config(run.cfg),
+            model=run.evaluator.model.state_dict(), config=result_config(run.cfg),
             precision=run.runtime.precision, **progress.state_fields(),
             rng=rng if len(ranks) == 1 else {**rng, "ranks": ranks},
             stage_index=index, stage=name, epoch=epoch + 1, stage_end=ended_by,
             stage_seconds=seconds, val_accuracy=record["val_accuracy"],
             optimizer=step.optimizer.state_dict(), scheduler=step.scheduler.state_dict(),
-            plateau=stage_end.state())
+            plateau=stage_end.state(),
+            trained=None if run.ema is None else run.model.state_dict())
         checkpoint.Saver(run.dir.checkpoints, writes=run.world.is_writer)(state, progress)
         if ended_by is not None:
             log.info("stage '%s' ended by %s after %d epochs", name, ended_by, epoch + 1)
@@ -243,6 +252,8 @@ def train_steps(run: Run, step: TrainStep, batches: tqdm, where: str) -> StepTal
         try:
             result = train_step(step, xb, yb,
                                 functools.partial(faults.poison, step=run.progress.global_step))
+            if run.ema is not None:
+                run.ema.update(run.model, step=run.progress.global_step)
             tally.add(result)
             loss = tally.read_back(i, sync_every, run.world.all_agree)
         except NonFiniteLoss:

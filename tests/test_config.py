@@ -96,6 +96,7 @@ A = "schedule.stages.adapt"
     ("schedule.stages.head.epochs=0", "schedule.stages.head.epochs"),
     ("schedule.stages.head.unfreeze_blocks=-3", "schedule.stages.head.unfreeze_blocks"),
     ("trainer.device=tpu", "trainer.device"),
+    ("trainer.ema_decay=1.0", "trainer.ema_decay"),
     ("data.val_size=-1", "data.val_size"),
 ])
 def test_bad_values_rejected_naming_the_key(override: str, key: str | None) -> None:
