@@ -9,7 +9,8 @@ batch), for the head-only, top-3, top-5 and all-blocks settings:
               a DataLoader with 2 workers, and timm's Mixup in CutMix mode;
   model     - the model-only bound: the same forward, loss, backward and update on a batch that
               is already preprocessed and mixed.
-Then the settings behind the run's defaults (memory format, depthwise padding, bf16).
+Then the settings behind the run's defaults (memory format, depthwise padding, bf16, compile,
+the weights' moving average), and where a Stage-2 step's time goes, operator by operator.
 
 Absolute images/s vary with the host; the ratios between rows measured in the same run are what
 to compare. Replaces the "CPU benchmark" section of --out (or appends a dated section with
@@ -73,14 +74,16 @@ class Bench:
     model: ModelConfig
     warmup: int = 2
 
-    def config(self, channels_last: bool = True, explicit_padding: bool | None = None) -> RunConfig:
+    def config(self, channels_last: bool = True, explicit_padding: bool | None = None,
+               compile: bool = False, ema_decay: float | None = None) -> RunConfig:
         """The study's recipe (trainer=default: fp32 frozen modules) at the bench's model, size,
         batch and layout."""
         cfg = copy.deepcopy(study_recipe())
         cfg.model = dataclasses.replace(self.model, image_size=self.size,
                                         explicit_depthwise_padding=explicit_padding)
         cfg.trainer = dataclasses.replace(cfg.trainer, batch_size=self.batch,
-                                          channels_last=channels_last)
+                                          channels_last=channels_last, compile=compile,
+                                          ema_decay=ema_decay)
         return cfg
 
     def timed(self, step: Callable[[], object]) -> float:
@@ -137,13 +140,38 @@ def cycle(batches: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]
     return next_batch
 
 
-def ours(bench: Bench, unfreeze: int, **config: bool | None) -> float:
-    """uint8 batch -> translate, flip -> preprocess -> CutMix -> forward, loss, backward, update."""
+def ours_step(bench: Bench, unfreeze: int, **config: bool | float | None
+              ) -> Callable[[], object]:
+    """One training step of the run's pipeline, as a call: uint8 batch -> translate, flip ->
+    preprocess -> CutMix -> forward, loss, backward, update (-> the weights' moving average,
+    under trainer.ema_decay)."""
     step, data, cfg = stage_step(bench, unfreeze, bench.config(**config))
+    ema = build.weight_average(step.model, cfg)
     g = torch.Generator().manual_seed(0)
     next_batch = cycle(lambda: train_batches(data.train_x, data.train_y, bench.batch, g,
                                              cfg.data.pad, cfg.data.hflip))
-    return bench.timed(lambda: train_step(step, *next_batch()))
+    count = iter(range(1, 1 << 30))
+
+    def one_step() -> None:
+        train_step(step, *next_batch())
+        if ema is not None:
+            ema.update(step.model, step=next(count))
+    return one_step
+
+
+def ours(bench: Bench, unfreeze: int, **config: bool | float | None) -> float:
+    """Images/s of the run's own training step (`ours_step`)."""
+    return bench.timed(ours_step(bench, unfreeze, **config))
+
+
+def compiled(bench: Bench, unfreeze: int) -> tuple[float, float]:
+    """trainer.compile: images/s after the compile, and the seconds of the first (compiling)
+    step, which a run pays once per stage."""
+    one_step = ours_step(bench, unfreeze, compile=True)
+    start = time.perf_counter()
+    one_step()
+    first = time.perf_counter() - start
+    return bench.timed(one_step), first
 
 
 class PILImages(torch.utils.data.Dataset):
@@ -260,11 +288,66 @@ def settings(bench: Bench) -> list[str]:
                     f"{bf16 / fp32:.2f} |")
         rows.append(f"| {name}: frozen modules in bf16 vs fp32 | {frozen:.0f} | {fp32:.0f} | "
                     f"{frozen / fp32:.2f} |")
+    eager = ours(bench, SETTINGS["top 5 blocks"])
+    fast, first = compiled(bench, SETTINGS["top 5 blocks"])
+    rows.append(f"| top 5 blocks: torch.compile (inductor) vs eager; the first step compiled "
+                f"for {first:.0f} s | {fast:.0f} | {eager:.0f} | {fast / eager:.2f} |")
+    averaged = ours(bench, SETTINGS["top 5 blocks"], ema_decay=0.998)
+    rows.append(f"| top 5 blocks: a moving average of the weights (trainer.ema_decay) vs none "
+                f"| {averaged:.0f} | {eager:.0f} | {averaged / eager:.2f} |")
     fp32, bf16 = eval_speed(bench, "fp32"), eval_speed(bench, "bf16")
     rows.append(f"| eval: bf16 autocast vs fp32 | {bf16:.0f} | {fp32:.0f} | {bf16 / fp32:.2f} |")
     large = eval_speed(bench, "fp32", 4 * bench.batch)
     rows.append(f"| eval fp32: batch {4 * bench.batch} vs {bench.batch} | {large:.0f} | "
                 f"{fp32:.0f} | {large / fp32:.2f} |")
+    return rows
+
+
+CONV_WEIGHT_ARG = {"aten::convolution_backward": 2, "aten::mkldnn_convolution": 1,
+                   "aten::convolution": 1, "aten::_convolution": 1}
+
+
+def conv_kind(key: str, shapes: list) -> str:
+    """An operator's name, and for a convolution which kind, from its weight's shape: depthwise
+    (C x 1 x k x k) and 1x1 convolutions run different kernels, and an AVX2-only CPU may be slow
+    at one of them only."""
+    index = CONV_WEIGHT_ARG.get(key)
+    if index is None or len(shapes) <= index or len(shapes[index]) != 4:
+        return key
+    _, per_group, height, _ = shapes[index]
+    kind = "depthwise" if per_group == 1 and height > 1 else "1x1" if height == 1 else "dense"
+    return f"{key} ({kind})"
+
+
+def kernel_profile(bench: Bench, unfreeze: int, top: int = 10) -> list[str]:
+    """Where a training step's time goes: the operators with the most self time (torch.profiler),
+    per step, convolutions split by kind, and the ISA torch dispatches its own CPU kernels to
+    (oneDNN, which runs the convolutions, picks its own)."""
+    one_step = ours_step(bench, unfreeze)
+    for _ in range(bench.warmup):
+        one_step()
+    steps = max(3, bench.repeats // 4)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                record_shapes=True) as prof:
+        for _ in range(steps):
+            one_step()
+        bench.sync()
+    self_us: dict[str, float] = {}
+    calls: dict[str, int] = {}
+    for event in prof.key_averages(group_by_input_shape=True):
+        name = conv_kind(event.key, event.input_shapes)
+        self_us[name] = self_us.get(name, 0.0) + event.self_cpu_time_total
+        calls[name] = calls.get(name, 0) + event.count
+    total = sum(self_us.values())
+    stage = next(k for k, v in SETTINGS.items() if v == unfreeze)
+    rows = [f"Where one training step's time goes, {bench.size} px, batch {bench.batch}, {stage} "
+            f"(torch.profiler over {steps} steps, self CPU time; torch's CPU capability: "
+            f"{torch.backends.cpu.get_cpu_capability()}):", "",
+            "| operator | self ms per step | share | calls per step |", "|---|---:|---:|---:|"]
+    for name in sorted(self_us, key=self_us.get, reverse=True)[:top]:
+        rows.append(f"| `{name}` | {self_us[name] / 1000 / steps:.1f} | "
+                    f"{self_us[name] / total:.0%} | {calls[name] // steps} |")
+    rows.append(f"| all operators | {total / 1000 / steps:.1f} | 100% | |")
     return rows
 
 
@@ -302,6 +385,7 @@ def report(args: argparse.Namespace, command: str) -> str:
         lines += ["", f"Settings at {bench.size} px, batch {bench.batch} (training rows: ours):",
                   "", "| setting | on img/s | off img/s | on / off |", "|---|---:|---:|---:|"]
         lines += settings(bench)
+        lines += ["", *kernel_profile(bench, SETTINGS["top 5 blocks"])]
     return "\n".join(lines) + "\n"
 
 

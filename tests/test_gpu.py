@@ -112,6 +112,14 @@ def test_compile_keeps_the_state_dict_keys() -> None:
     assert list(compiled.state_dict()) == list(plain.state_dict())
 
 
+@pytest.mark.parametrize("overrides", [(), ("trainer=cpu",), ("trainer=gpu",),
+                                       ("experiment=default_run",)])
+def test_compile_is_off_unless_asked(overrides: tuple[str, ...]) -> None:
+    """The first step of each stage compiles (`make bench` times it against what compiling
+    gains): no trainer turns it on by default."""
+    assert validate(compose(*overrides)).trainer.compile is False
+
+
 def test_sync_every_reads_the_loss_less_often_and_still_stops_a_nan(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CUTMIX_RUNNER_FAULT", "nan_step:2")
