@@ -21,7 +21,7 @@ space := $(empty) $(empty)
 comma := ,
 commas = $(subst $(space),$(comma),$(strip $(1)))
 
-.PHONY: help setup test test-all lint train sweep presets reproduce reproduce-full study study-pilot study-full-data study-eval study-report study-v2 smoke bench gpu-bundle gpu-check golden clean
+.PHONY: help setup test test-all lint train sweep presets reproduce reproduce-full study study-pilot study-full-data study-eval study-report study-v2 smoke bench lever gpu-bundle gpu-check golden clean
 .DEFAULT_GOAL := help
 
 help: ## list the targets (this text)
@@ -184,6 +184,21 @@ study-v2: setup ## the second study design (90 runs, resumable) -> docs/results/
 # Seconds-long end-to-end run on synthetic data.
 smoke: setup ## seconds-long end-to-end run on synthetic data
 	$(BIN)/cutmix-train experiment=smoke $(ARGS)
+
+# One timed full run of the default run plus ARGS, alone on the machine, for docs/benchmarks.md
+# ("Default-run levers"): the run's files (no checkpoints), its log and its wall time go to
+# $(LEVERS_DIR)/NAME. The run itself stays in multirun/levers/NAME (checkpoints included).
+#   make lever NAME=N-s0-ema ARGS="trainer.ema_decay=0.998"
+LEVERS_DIR ?= docs/results/levers_1207
+LEVER_RUN = multirun/levers/$(NAME)
+lever: setup ## one timed default run with ARGS -> $(LEVERS_DIR)/NAME (make lever NAME=... ARGS=...)
+	@test -n "$(NAME)" || { echo "make lever: set NAME, e.g. make lever NAME=N-s0-ema ARGS=..." >&2; exit 2; }
+	mkdir -p multirun/levers
+	/usr/bin/time -f "wall %e s" -o $(LEVER_RUN).time $(BIN)/cutmix-train $(DATA_ARGS) \
+		trainer.progress=false hydra.run.dir=$(LEVER_RUN) $(ARGS) 2> $(LEVER_RUN).log
+	$(BIN)/python scripts/collect_runs.py $(LEVER_RUN) $(LEVERS_DIR)/$(NAME)
+	cp $(LEVER_RUN).time $(LEVERS_DIR)/$(NAME)/time.txt
+	cp $(LEVER_RUN).log $(LEVERS_DIR)/$(NAME)/run.log
 
 bench: setup ## ours vs standard pipeline vs model-only, side by side -> docs/benchmarks.md
 	$(BIN)/python scripts/bench_throughput.py --out docs/benchmarks.md

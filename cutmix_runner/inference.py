@@ -18,7 +18,7 @@ from torch import nn
 
 from cutmix_runner import __version__, checkpoint
 from cutmix_runner.config import RunConfig
-from cutmix_runner.data import build_splits, class_names
+from cutmix_runner.data import Splits, build_splits, class_names
 from cutmix_runner.errors import ConfigError, DataError, RunError
 from cutmix_runner.evaluation import predict
 from cutmix_runner.model import build_model, build_preprocess
@@ -97,7 +97,15 @@ def run_summary(source: Path) -> Summary | None:
 
 def load_test_set(trained: TrainedModel, path: Path | str,
                   data_root: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The run's test set (uint8 images, labels), all of it, for checks on a trained model.
+    """The run's test set (uint8 images, labels), all of it, for checks on a trained model."""
+    splits = trained_splits(trained, path, data_root)
+    return splits.test_x, splits.test_y
+
+
+def trained_splits(trained: TrainedModel, path: Path | str,
+                   data_root: str | None = None) -> Splits:
+    """The run's splits as it trained on them (its validation split included), with the whole
+    test set.
 
     The data set's location is not part of a checkpoint (it does not change results): it comes
     from `data_root`, else from the run directory's .hydra/config.yaml, else the default.
@@ -109,10 +117,9 @@ def load_test_set(trained: TrainedModel, path: Path | str,
     if root is not None:
         cfg = dataclasses.replace(cfg, root=root)
     try:
-        splits = build_splits(cfg)
+        return build_splits(cfg)
     except DataError as exc:
         raise DataError(f"{exc} (the run's test images are needed; pass --data-root)") from exc
-    return splits.test_x, splits.test_y
 
 
 def _trained_data_root(source: Path) -> str | None:
