@@ -42,14 +42,18 @@ class EvalResult:
 
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, preprocess: Callable[[torch.Tensor], torch.Tensor],
-            batch_size: int, autocast: Callable[[], Any]) -> torch.Tensor:
-    """Logits in eval mode; every module's own mode (frozen parts included) is restored."""
+            batch_size: int, autocast: Callable[[], Any],
+            advance: Callable[[int], object] | None = None) -> torch.Tensor:
+    """Logits in eval mode; every module's own mode (frozen parts included) is restored.
+    `advance(n)` is told of each batch's n images (a progress bar's update)."""
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     out = []
     for start in range(0, len(x), batch_size):
         with autocast():
             out.append(model(preprocess(x[start:start + batch_size])).float().cpu())
+        if advance is not None:
+            advance(len(out[-1]))
     for module, training in modes:
         module.training = training
     return torch.cat(out) if out else torch.empty(0)
@@ -66,15 +70,16 @@ def score(logits: torch.Tensor, y: torch.Tensor) -> EvalResult:
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
              preprocess: Callable[[torch.Tensor], torch.Tensor], batch_size: int,
-             autocast: Callable[[], Any]) -> EvalResult:
+             autocast: Callable[[], Any],
+             advance: Callable[[int], object] | None = None) -> EvalResult:
     """Clean cross entropy and accuracy."""
-    return score(predict(model, x, preprocess, batch_size, autocast), y)
+    return score(predict(model, x, preprocess, batch_size, autocast, advance), y)
 
 
 def evaluate_flip_averaged(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                            preprocess: Callable[[torch.Tensor], torch.Tensor], batch_size: int,
-                           autocast: Callable[[], Any],
-                           single_view_logits: torch.Tensor) -> EvalResult:
+                           autocast: Callable[[], Any], single_view_logits: torch.Tensor,
+                           advance: Callable[[int], object] | None = None) -> EvalResult:
     """Like `evaluate`, on the mean of the logits of each image and its mirror image.
 
     Training flips images at random, so the mirror is an equally valid view; averaging the two
@@ -82,7 +87,8 @@ def evaluate_flip_averaged(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     already computed by the caller's single-view pass.
     """
     return score(flip_averaged(lambda images: predict(model, images, preprocess, batch_size,
-                                                      autocast), x, single_view_logits), y)
+                                                      autocast, advance),
+                               x, single_view_logits), y)
 
 
 def flip_averaged(logits_of: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
@@ -123,11 +129,12 @@ class Evaluator:
         self.cfg = cfg
         self.autocast = autocast
         self.images_per_second: float | None = None  # of the last pass, for time estimates
+        self.advance: Callable[[int], object] | None = None  # told of every batch scored
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> EvalResult:
         start = time.perf_counter()
         result = evaluate(self.model, x, y, self.preprocess, self.cfg.eval_batch_size,
-                          self.autocast)
+                          self.autocast, self.advance)
         if len(x):
             self.images_per_second = len(x) / max(time.perf_counter() - start, 1e-9)
         return result
@@ -142,7 +149,7 @@ class Evaluator:
                          "shift": translation(x[:n], self.cfg.flip_max_shift, SHIFT_SEED)}
         for name, perturbed_x in perturbations.items():
             perturbed = predict(self.model, perturbed_x, self.preprocess,
-                                self.cfg.eval_batch_size, self.autocast)
+                                self.cfg.eval_batch_size, self.autocast, self.advance)
             out[f"flip_rate_{name}"] = flip_rate(clean, perturbed)
         return out
 
@@ -159,7 +166,8 @@ class Evaluator:
         if not self.cfg.test_flip:
             return TestEvaluation(single, single)
         headline = evaluate_flip_averaged(self.model, data.test_x, data.test_y, self.preprocess,
-                                          self.cfg.eval_batch_size, self.autocast, single.logits)
+                                          self.cfg.eval_batch_size, self.autocast, single.logits,
+                                          self.advance)
         return TestEvaluation(single, headline)
 
     def test_summary(self, data: Splits, best: TestEvaluation, final: TestEvaluation,

@@ -4,11 +4,13 @@ summary.json (rank 0 alone under DDP)."""
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
+from tqdm import tqdm
 
 from cutmix_runner import checkpoint, runtime
 from cutmix_runner.artifacts import atomic_write_json
@@ -41,6 +43,12 @@ class FinishedRun:
     progress: Progress = field(default_factory=checkpoint.Progress)
     last_val_logits: torch.Tensor = field(default_factory=lambda: torch.empty(0))
 
+    @property
+    def show_bars(self) -> bool:
+        """tqdm bars: asked for, on a terminal, and on rank 0 alone."""
+        return (self.cfg.trainer.progress and sys.stderr.isatty()
+                and self.runtime.world.is_writer)
+
 
 log = logging.getLogger(__name__)
 
@@ -64,16 +72,25 @@ def time_to_accuracy(records: list[dict[str, Any]],
                                   if r["val_accuracy"] >= level), None) for level in levels}
 
 
+def test_passes(run: FinishedRun, rescore: bool) -> int:
+    """Forward passes of the last phase: the test set (mirrored too under trainer.test_flip)
+    with the final weights and, on `rescore`, again with the best-validation weights and the
+    validation set for the temperature (also when a resumed run has no logits of its last
+    validation pass); the flip-rate subset twice (noise, shift)."""
+    n, trainer = len(run.data.test_x), run.cfg.trainer
+    rescore_val = rescore or len(run.last_val_logits) == 0
+    return (n * (2 if trainer.test_flip else 1) * (2 if rescore else 1)
+            + 2 * min(trainer.flip_subset, n) + (len(run.data.val_x) if rescore_val else 0))
+
+
 def announce_test(run: FinishedRun, rescore: bool) -> None:
     """One line before the test set is scored: how many forward passes, and about how long at
     validation's speed. On a quick run this can outlast the training; data.test_subset shrinks
     it."""
-    n, trainer = len(run.data.test_x), run.cfg.trainer
-    passes = (n * (2 if trainer.test_flip else 1) * (2 if rescore else 1)
-              + 2 * min(trainer.flip_subset, n) + (len(run.data.val_x) if rescore else 0))
+    n, passes = len(run.data.test_x), test_passes(run, rescore)
     rate = run.evaluator.images_per_second
     log.info("scoring the test set: %d images, %s, %s weights: %d forward passes%s", n,
-             "flip-averaged" if trainer.test_flip else "single view",
+             "flip-averaged" if run.cfg.trainer.test_flip else "single view",
              "final and best-validation" if rescore else "the final (best-validation)", passes,
              f", about {passes / rate:.0f} s" if rate else "")
 
@@ -83,16 +100,21 @@ def finish(run: FinishedRun) -> Summary:
     data, evaluator, best_epoch = run.data, run.evaluator, run.progress.best
     rescore = best_epoch["global_epoch"] != run.progress.global_epoch
     announce_test(run, rescore)
-    final = evaluator.test(data)
-    best, val_logits = final, run.last_val_logits
-    if rescore:
-        evaluator.model.load_state_dict(checkpoint.load(run.dir.best).model)
-        best = evaluator.test(data)
-        val_logits = evaluator.evaluate(data.val_x, data.val_y).logits
-    elif len(val_logits) == 0:  # resumed after the last epoch: not kept in the checkpoint
-        val_logits = evaluator.evaluate(data.val_x, data.val_y).logits
+    with tqdm(total=test_passes(run, rescore), desc="test set", unit="img", leave=False,
+              disable=not run.show_bars) as bar:
+        evaluator.advance = bar.update
+        final = evaluator.test(data)
+        best, val_logits = final, run.last_val_logits
+        if rescore:
+            evaluator.model.load_state_dict(checkpoint.load(run.dir.best).model)
+            best = evaluator.test(data)
+            val_logits = evaluator.evaluate(data.val_x, data.val_y).logits
+        elif len(val_logits) == 0:  # resumed after the last epoch: not kept in the checkpoint
+            val_logits = evaluator.evaluate(data.val_x, data.val_y).logits
+        test_fields = evaluator.test_summary(data, best, final, val_logits)
+        evaluator.advance = None
     summary: Summary = {
-        **evaluator.test_summary(data, best, final, val_logits),
+        **test_fields,
         "best": best_epoch, "stages": run.progress.finished_stages,
         "dose": dose(run.progress.records),
         "time_to_accuracy": time_to_accuracy(run.progress.records,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,10 +58,6 @@ class Run(summary.FinishedRun):
     @property
     def world(self) -> distributed.World:
         return self.runtime.world
-
-    @property
-    def show_bars(self) -> bool:
-        return self.cfg.trainer.progress and sys.stderr.isatty() and self.world.is_writer
 
 
 def train(cfg: RunConfig, out_dir: Path,

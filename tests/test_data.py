@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from cutmix_runner import data
+from cutmix_runner import summary as summary_module
 from cutmix_runner.data import (
     DataError,
     build_splits,
@@ -227,9 +228,33 @@ def test_the_test_subset_is_stratified_and_the_same_for_every_split() -> None:
         build_splits(default_part("data", name="synthetic", val_size=40, test_subset=101))
 
 
+class RecordedBar:
+    """Stands in for tqdm in summary.py: what a progress bar was told."""
+
+    made: list[RecordedBar] = []
+
+    def __init__(self, *, total: int, disable: bool, **_: object) -> None:
+        self.total, self.disable, self.count = total, disable, 0
+        RecordedBar.made.append(self)
+
+    def update(self, n: int) -> None:
+        self.count += n
+
+    def __enter__(self) -> RecordedBar:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        pass
+
+
 def test_a_run_says_what_scoring_the_test_set_costs_before_it_starts(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One log line with the count of forward passes and a time estimate, then a progress bar
+    (on a terminal) that counts exactly those passes."""
     caplog.set_level(logging.INFO, logger="cutmix_runner.summary")
+    RecordedBar.made.clear()
+    monkeypatch.setattr(summary_module, "tqdm", RecordedBar)
+    monkeypatch.setattr(summary_module.FinishedRun, "show_bars", property(lambda run: True))
     summary = train_in_process(tmp_path / "run", *SMOKE, "data.test_subset=50",
                                "trainer.num_threads=1", "trainer.progress=false")
     assert summary["test_size"] == 50
@@ -240,3 +265,5 @@ def test_a_run_says_what_scoring_the_test_set_costs_before_it_starts(
     passes = 50 * 2 * (2 if rescore else 1) + 2 * 50 + (40 if rescore else 0)
     assert line.startswith("scoring the test set: 50 images, flip-averaged, "), line
     assert f": {passes} forward passes, about " in line, line
+    [bar] = RecordedBar.made
+    assert not bar.disable and bar.total == bar.count == passes
