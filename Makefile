@@ -193,6 +193,7 @@ LEVERS_DIR ?= docs/results/levers_1207
 LEVER_RUN = multirun/levers/$(NAME)
 lever: setup ## one timed default run with ARGS -> $(LEVERS_DIR)/NAME (make lever NAME=... ARGS=...)
 	@test -n "$(NAME)" || { echo "make lever: set NAME, e.g. make lever NAME=N-s0-ema ARGS=..." >&2; exit 2; }
+	@test ! -e $(LEVER_RUN) || { echo "make lever: $(LEVER_RUN) exists; pick another NAME" >&2; exit 2; }
 	mkdir -p multirun/levers
 	/usr/bin/time -f "wall %e s" -o $(LEVER_RUN).time $(BIN)/cutmix-train $(DATA_ARGS) \
 		trainer.progress=false hydra.run.dir=$(LEVER_RUN) $(ARGS) 2> $(LEVER_RUN).log

@@ -41,7 +41,7 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 # (configs/train.yaml lists the same keys; tests/test_structure.py checks that they agree).
 RESULT_NEUTRAL: dict[str, tuple[str, ...]] = {
     "trainer": ("resume", "progress", "device", "num_threads", "eval_batch_size",
-                "keep_freed_memory", "sync_every", "cudnn_benchmark", "compile", "logger",
+                "keep_freed_memory", "sync_every", "cudnn_benchmark", "logger",
                 "accuracy_levels", "keep_checkpoints"),
     "data": ("root", "download"),
 }
@@ -358,7 +358,10 @@ class TrainerConfig:
     sync_every: int = 1
     cudnn_benchmark: bool = True  # CUDA: time cuDNN's algorithms once per shape, keep the fastest
     # torch.compile the model (CUDA mostly); the first step of each stage and the first eval
-    # pay the compile time, which each epoch's record reports as first_step_seconds.
+    # pay the compile time, which each epoch's record reports as first_step_seconds (under
+    # trainer.ema_decay the average is evaluated uncompiled). Not result-neutral: compiled
+    # kernels round differently (a full CPU run's first loss moved in the 3rd decimal), so a
+    # resume must not switch it and the report keeps compiled runs in their own arm.
     compile: bool = False
     # none: metrics.jsonl and the example grids (examples_STAGE.png) only. tensorboard: also
     # event files in RUN_DIR/tensorboard (the optional `tensorboard` extra).
@@ -375,7 +378,8 @@ class TrainerConfig:
     sync_bn: bool = False
     # An exponential moving average of the weights (timm's ModelEmaV3 with its warmup: the
     # decay grows from 0 towards this cap, so the early, fast-changing steps fade quickly). When
-    # set, the average is what every evaluation scores, what model selection picks and what the
+    # set, the average is what every evaluation scores, what model selection picks, what the
+    # stage-end rules (patience, max_gap) and the search's pruning see, and what the
     # checkpoints' "model" holds; null: off.
     ema_decay: float | None = None
 

@@ -103,16 +103,18 @@ def finish(run: FinishedRun) -> Summary:
     with tqdm(total=test_passes(run, rescore), desc="test set", unit="img", leave=False,
               disable=not run.show_bars) as bar:
         evaluator.advance = bar.update
-        final = evaluator.test(data)
-        best, val_logits = final, run.last_val_logits
-        if rescore:
-            evaluator.model.load_state_dict(checkpoint.load(run.dir.best).model)
-            best = evaluator.test(data)
-            val_logits = evaluator.evaluate(data.val_x, data.val_y).logits
-        elif len(val_logits) == 0:  # resumed after the last epoch: not kept in the checkpoint
-            val_logits = evaluator.evaluate(data.val_x, data.val_y).logits
-        test_fields = evaluator.test_summary(data, best, final, val_logits)
-        evaluator.advance = None
+        try:
+            final = evaluator.test(data)
+            best, val_logits = final, run.last_val_logits
+            if rescore:
+                evaluator.model.load_state_dict(checkpoint.load(run.dir.best).model)
+                best = evaluator.test(data)
+                val_logits = evaluator.evaluate(data.val_x, data.val_y).logits
+            elif len(val_logits) == 0:  # resumed after the last epoch: not in the checkpoint
+                val_logits = evaluator.evaluate(data.val_x, data.val_y).logits
+            test_fields = evaluator.test_summary(data, best, final, val_logits)
+        finally:
+            evaluator.advance = None
     summary: Summary = {
         **test_fields,
         "best": best_epoch, "stages": run.progress.finished_stages,

@@ -132,6 +132,9 @@ def resume_from(run: Run, path: Path) -> RunState:
     state.rng = run.world.check_checkpoint(state.rng, path)  # this rank's generators
     if run.world.is_writer:
         checkpoint.adopt_best(path, run.dir.checkpoints)
+    if run.ema is not None and state.trained is None:
+        raise RunError(f"trainer.resume: {path} holds no trained weights beside their average "
+                       "(trainer.ema_decay); it was not written by cutmix-runner's trainer")
     run.model.load_state_dict(state.trained_weights())
     if run.ema is not None:
         run.ema.module.load_state_dict(state.model)

@@ -65,8 +65,12 @@ def test_the_average_warms_up_then_caps_its_decay() -> None:
 def test_the_tools_load_the_average(ema_run: Path) -> None:
     trained = load_trained(ema_run / "checkpoints" / "best.pt")
     best = _state(ema_run, "best.pt")
-    for key, value in trained.model.state_dict().items():
+    assert best.trained is not None
+    loaded = trained.model.state_dict()
+    for key, value in loaded.items():
         assert torch.equal(value, best.model[key]), key
+    assert any(not torch.equal(value, best.trained[key]) for key, value in loaded.items()
+               if value.is_floating_point())
 
 
 @pytest.mark.parametrize("fault", ["kill_step:11", "kill_step:15"])
@@ -93,3 +97,15 @@ def test_a_run_without_the_average_does_not_resume_one_with_it(ema_run: Path,
     assert result.returncode == 2
     assert "different config (trainer.ema_decay: 0.9 -> None)" in result.stderr
 
+
+def test_a_checkpoint_without_trained_weights_is_refused_in_one_line(ema_run: Path,
+                                                                     tmp_path: Path) -> None:
+    """A checkpoint made with the average on but lacking the weights under training (edited, or
+    from another tool) would resume training from the average: refused."""
+    state = torch.load(ema_run / "checkpoints" / "last.pt", weights_only=False)
+    del state["trained"]
+    bad = tmp_path / "edited.pt"
+    torch.save(state, bad)
+    result = _run(tmp_path / "run", EMA, f"trainer.resume={bad}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "holds no trained weights beside their average" in result.stderr
