@@ -82,10 +82,6 @@ class RunState:
             raise RunError(f"{context}: {path} is not a cutmix-runner checkpoint")
         return cls(**{f.name: state[f.name] for f in fields(cls) if f.name in state})
 
-    def trained_weights(self) -> dict[str, torch.Tensor]:
-        """The weights to continue training from."""
-        return self.model if self.trained is None else self.trained
-
 
 @dataclass
 class Progress:

@@ -132,11 +132,13 @@ def resume_from(run: Run, path: Path) -> RunState:
     state.rng = run.world.check_checkpoint(state.rng, path)  # this rank's generators
     if run.world.is_writer:
         checkpoint.adopt_best(path, run.dir.checkpoints)
-    if run.ema is not None and state.trained is None:
+    if run.ema is None:
+        run.model.load_state_dict(state.model)
+    elif state.trained is None:
         raise RunError(f"trainer.resume: {path} holds no trained weights beside their average "
                        "(trainer.ema_decay); it was not written by cutmix-runner's trainer")
-    run.model.load_state_dict(state.trained_weights())
-    if run.ema is not None:
+    else:  # the average was saved as "model", the weights being trained beside it
+        run.model.load_state_dict(state.trained)
         run.ema.module.load_state_dict(state.model)
     run.progress = Progress.of(state)
     run.elapsed_before = state.records[-1].get("elapsed_seconds", 0.0) if state.records else 0.0

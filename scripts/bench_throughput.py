@@ -27,6 +27,7 @@ import copy
 import dataclasses
 import datetime
 import functools
+import itertools
 import platform
 import sys
 import time
@@ -150,7 +151,7 @@ def ours_step(bench: Bench, unfreeze: int, **config: bool | float | None
     g = torch.Generator().manual_seed(0)
     next_batch = cycle(lambda: train_batches(data.train_x, data.train_y, bench.batch, g,
                                              cfg.data.pad, cfg.data.hflip))
-    count = iter(range(1, 1 << 30))
+    count = itertools.count(1)
 
     def one_step() -> None:
         train_step(step, *next_batch())
