@@ -98,7 +98,10 @@ def difference_of_differences(a1: str, b1: str, a2: tuple[str, ...] | str, b2: s
             return None
         arms = [look(name, strata[0]) for name in (a1, b1, arm, b2)]
         values = stats.per_seed(_difference_of_differences, *arms)
-        return stats.mean_ci(list(values.values())) if values else None
+        if not values:
+            return None
+        estimate = stats.mean_ci(list(values.values()))
+        return replace(estimate, method=f"t on per-seed contrasts; ({a1} − {b1}) − ({arm} − {b2})")
     return effect
 
 
@@ -130,7 +133,11 @@ def main_effect(which: str, design: Design) -> Effect:
     """A 2 x 2 effect's per-seed values ("timing", "strength" or "interaction"), one-sample t."""
     def effect(look: Lookup, strata: list[str]) -> Estimate | None:
         result = factorial(look, strata[0], design)
-        return None if result is None else stats.mean_ci(list(getattr(result, which).values()))
+        if result is None:
+            return None
+        estimate = stats.mean_ci(list(getattr(result, which).values()))
+        return replace(estimate, method=f"t on per-seed contrasts ({which}), "
+                                        f"{estimate.n} seeds with all four cells")
     return effect
 
 
@@ -187,7 +194,7 @@ CLAIMS3 = [*common_claims(DESIGN3), *[
                    "dose)", "test_accuracy", "study_increasing", "study_decreasing", +1, DESIGN3,
                    "study_long"),
     Claim("CutMix helps more with most of the backbone frozen", "test_accuracy",
-          "(frozen: CutMix − none) − (5 blocks: CutMix − none)", +1,
+          "(last block only: CutMix − none) − (3, then 5 blocks: CutMix − none)", +1,
           difference_of_differences("study_frozen_increasing", "study_frozen_none",
                                     "study_increasing", "study_none"), DESIGN3,
           only="study_long"),

@@ -165,8 +165,9 @@ def larger_magnitude_iut(first: dict[int, float], second: dict[int, float]) -> E
     and s*first + second > 0, reject; its p-value is the larger of the two (Berger's IUT: each
     test at level alpha gives a level-alpha test of the union null). Unlike a bootstrap of
     |mean| - |mean|, its p-value can be small with five seeds. The estimate is
-    |mean(first)| - |mean(second)|; the half-width shown is that of the binding one of the two
-    paired differences (the one with the larger p)."""
+    |mean(first)| - |mean(second)|, which is the mean of the paired difference s*first -
+    t*second (t the sign of second's mean); its interval is that difference's paired t interval,
+    so that effect and interval describe the same quantity."""
     seeds = sorted(set(first) & set(second))
     a = [first[s] for s in seeds]
     b = [second[s] for s in seeds]
@@ -177,9 +178,8 @@ def larger_magnitude_iut(first: dict[int, float], second: dict[int, float]) -> E
     minus = [sign * x - y for x, y in zip(a, b, strict=True)]
     plus = [sign * x + y for x, y in zip(a, b, strict=True)]
     p_minus, p_plus = one_sided_p(minus), one_sided_p(plus)
-    binding = mean_ci(minus if p_minus >= p_plus else plus)
-    observed = abs(statistics.fmean(a)) - abs(statistics.fmean(b))
-    return Estimate(observed, binding.half_width, len(seeds), max(p_minus, p_plus), binding.mde,
+    shown = mean_ci(minus if statistics.fmean(b) >= 0 else plus)  # mean: |mean a| - |mean b|
+    return Estimate(shown.mean, shown.half_width, len(seeds), max(p_minus, p_plus), shown.mde,
                     f"intersection-union paired t, {len(seeds)} seeds "
                     f"(p {p_minus:.2g} for s·first − second, {p_plus:.2g} for s·first + second)")
 

@@ -287,6 +287,44 @@ def test_elem_mode_mixes_a_share_prob_of_the_images(kind: str) -> None:
     assert untouched_batches > 0.6 and sum(f == 0 for f in changed) / len(changed) < 0.3
 
 
+@pytest.mark.parametrize("kind", ["cutmix", "mixup"])
+def test_elem_mode_mixes_each_image_at_rate_prob(kind: str) -> None:
+    """Per image, not only on average: every position of the batch is changed in about
+    prob * 6/7 of the draws (4 binomial standard errors), the odd last position included."""
+    from cutmix_runner.mixing import MixUp
+
+    mixer = (CutMix(num_classes=8, prob=0.3, min_area=0.1, max_area=0.3, seed=9, mode="elem")
+             if kind == "cutmix" else MixUp(num_classes=8, prob=0.3, alpha=1.0, seed=9,
+                                             mode="elem"))
+    x, labels, draws = _images(7, size=12), torch.arange(7), 1500
+    changed = sum((mixer(x, labels).images != x).flatten(1).any(1).float()
+                  for _ in range(draws))
+    expected = 0.3 * 6 / 7
+    se = math.sqrt(expected * (1 - expected) / draws)
+    assert ((changed / draws - expected).abs() < 4 * se).all(), changed / draws
+
+
+def test_elem_mixup_blends_each_image_by_its_own_label_weight() -> None:
+    """Each image's pixels are lam * its own + (1 - lam) * its partner's, with lam the weight its
+    own label gets: the pixel blend and the label blend agree image by image."""
+    from cutmix_runner.mixing import MixUp
+
+    n = 9
+    mixer = MixUp(num_classes=n, prob=0.7, alpha=1.0, seed=2, mode="elem")
+    x, labels = _images(n, size=4), torch.arange(n)
+    lambdas = set()
+    for _ in range(30):
+        out = mixer(x, labels)
+        own = out.targets[labels, labels]
+        partner_weights = out.targets.clone()
+        partner_weights[labels, labels] = -1
+        partner = torch.where(own < 1, partner_weights.argmax(1), labels)
+        expected = own.view(n, 1, 1, 1) * x + (1 - own.view(n, 1, 1, 1)) * x[partner]
+        assert out.images.allclose(expected, atol=1e-5)
+        lambdas |= {round(v, 4) for v in own.tolist() if v < 1}
+    assert len(lambdas) > 30  # one lambda per image, not one per batch
+
+
 def test_elem_mode_is_refused_where_it_has_no_meaning() -> None:
     from cutmix_runner.config import ConfigError
     from tests.helpers import recipe

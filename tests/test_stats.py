@@ -96,6 +96,12 @@ def test_intersection_union_test_matches_a_hand_computed_example() -> None:
     assert mirrored.p == pytest.approx(est.p) and mirrored.mean == pytest.approx(est.mean)
     # The other way round, the smaller magnitude cannot be shown larger.
     assert stats.larger_magnitude_iut(second, first).p > 0.5
+    # The interval is that of the effect shown, |mean a| - |mean b| = mean of (a - b) here:
+    # (4, 4, 4) has no spread, though the other difference, a + b = (4, 6, 8), decides the p.
+    exact = stats.larger_magnitude_iut(first, {0: 0.0, 1: 1.0, 2: 2.0})
+    assert exact.mean == pytest.approx(4.0) and exact.half_width == pytest.approx(0.0)
+    assert exact.p == pytest.approx(_one_sided_p_2df(6 / (2 / math.sqrt(3))), rel=1e-6)
+    assert est.half_width == pytest.approx(4.302653 / math.sqrt(3), rel=1e-5)  # (3, 2, 4)
 
 
 def test_tost_matches_a_hand_computed_example() -> None:

@@ -88,10 +88,17 @@ def test_the_unmixed_arm_is_the_staged_recipe_without_mixing_and_with_fixed_stag
     assert _differences("study_none", "cutmix_staged") == expected
 
 
-def test_the_long_regime_triples_every_stage() -> None:
+def test_the_long_regime_triples_every_stage_and_changes_nothing_else() -> None:
     short = validate(compose("experiment=study_none")).schedule.stages
     long = validate(compose("experiment=study_none", "schedule=study_long")).schedule.stages
     assert {k: 3 * s.epochs for k, s in short.items()} == {k: s.epochs for k, s in long.items()}
+    # The warmup keeps its share of each stage.
+    assert [3 * s.warmup_epochs for s in short.values()] == pytest.approx(
+        [s.warmup_epochs for s in long.values()])
+    changed = {k for k, v in _config("study_none", "schedule=study_long").items()
+               if v != _config("study_none")[k]}
+    assert changed == {"schedule.name", *(f"schedule.stages.{k}.{key}" for k in short
+                                          for key in ("epochs", "warmup_epochs"))}
 
 
 @pytest.mark.parametrize("regime", ["study_short", "study_long"])
@@ -111,16 +118,19 @@ def test_arms_compared_on_timing_or_direction_have_equal_expected_doses(regime: 
 
 
 def test_the_training_subset_and_validation_split_follow_the_seed(cifar_folder: Path) -> None:
-    def draw(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def draw(seed: int, val_size: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
         run = validate(compose("experiment=study_none", f"trainer.seed={seed}"))
         assert run.data.split_seed == seed
-        cfg = dataclasses.replace(run.data, root=str(cifar_folder), val_size=20, train_subset=30)
+        cfg = dataclasses.replace(run.data, root=str(cifar_folder), val_size=val_size,
+                                  train_subset=30)
         splits = build_splits(cfg)
         return splits.train_x, splits.val_x
 
     (train0, val0), (train0_again, _), (train1, val1) = draw(0), draw(0), draw(1)
     assert torch.equal(train0, train0_again)
     assert not torch.equal(train0, train1) and not torch.equal(val0, val1)
+    # With no validation split to differ, the subset alone still follows the seed.
+    assert not torch.equal(draw(0, val_size=0)[0], draw(1, val_size=0)[0])
 
 
 def test_dose_adds_up_mixed_images_per_stage() -> None:
