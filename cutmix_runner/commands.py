@@ -178,7 +178,9 @@ def eval_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reference", type=Path, help="a run with eval/eval.json: adds mCE")
     parser.add_argument("--limit", type=int, help="only the first N test images")
     parser.add_argument("--seed", type=int, default=0, help="corruption seed (default 0)")
-    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--batch-size", type=int,
+                        help="images per forward pass (default: the run's "
+                             "trainer.eval_batch_size, as its own test scoring)")
     parser.add_argument("--data-root", help="where the run's data set is, if not where it "
                         "was trained from")
     return parser
@@ -187,7 +189,8 @@ def eval_parser() -> argparse.ArgumentParser:
 def evaluate(argv: list[str] | None = None) -> NoReturn:
     parser = eval_parser()
     args = parser.parse_args(argv)
-    if args.seed < 0 or args.batch_size < 1 or (args.limit is not None and args.limit < 1):
+    if args.seed < 0 or (args.batch_size is not None and args.batch_size < 1) or (
+            args.limit is not None and args.limit < 1):
         parser.error("--seed must be >= 0, --batch-size and --limit at least 1")
     run("cutmix-eval", lambda: _tool("corruption_eval").run(args, _command(argv, "cutmix-eval")))
 

@@ -150,6 +150,9 @@ def test_cutmix_eval_writes_json_markdown_and_plot(trained_run: Path, tmp_path: 
     assert set(saved["accuracy"]) == {"fog", "contrast"}
     assert set(saved["accuracy"]["fog"]) == {"1", "5"} and saved["images"] == 60
     assert 0 <= saved["mean_corruption_accuracy"] <= 1
+    # By default it scores in the run's own evaluation batches.
+    from cutmix_runner.inference import load_trained
+    assert saved["batch_size"] == load_trained(trained_run).config.trainer.eval_batch_size
     assert "| fog |" in (out / "eval.md").read_text()
     assert (out / "accuracy_vs_severity.png").stat().st_size > 1000
     again = _eval(str(trained_run), "--out", str(out))
@@ -158,9 +161,9 @@ def test_cutmix_eval_writes_json_markdown_and_plot(trained_run: Path, tmp_path: 
     copy = tmp_path / "copy"
     shutil.copytree(trained_run, copy)
     from_file = _eval(str(copy / "checkpoints" / "best.pt"), "--corruptions", "contrast",
-                      "--severities", "5", "--limit", "20")
+                      "--severities", "5", "--limit", "20", "--batch-size", "7")
     assert from_file.returncode == 0, from_file.stderr
-    assert (copy / "eval" / "eval.json").exists()
+    assert json.loads((copy / "eval" / "eval.json").read_text())["batch_size"] == 7
     bad = _eval(str(trained_run), "--corruptions", "fros", "--out", str(tmp_path / "x"))
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "unknown fros" in bad.stderr
 
