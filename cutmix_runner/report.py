@@ -170,7 +170,8 @@ PROCEDURE = f"""## How the claims are tested
   (late − early | mild) − (late − early | strong); each with a one-sample t interval over seeds.
 - **Which matters more** (|timing| > |strength|, and the reverse): an intersection-union test.
   |a| > |b| exactly when a − b and a + b both have a's sign; each is a one-sided paired t, and
-  the row's p is the larger of the two. The effect shown is |mean a| − |mean b|.
+  the row's p is the larger of the two. The effect shown is |mean a| − |mean b|, with the paired
+  t interval of the per-seed difference whose mean it is (a − b or a + b, by b's sign).
 - **Best-validation and last epoch.** *effect* uses the test score of the best-validation
   weights; *last epoch* the same contrast on the final weights.
 - **Verdicts**, after Holm's step-down adjustment over every tested row (α = 0.05):
