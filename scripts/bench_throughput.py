@@ -28,6 +28,7 @@ import dataclasses
 import datetime
 import functools
 import itertools
+import os
 import platform
 import sys
 import time
@@ -352,6 +353,16 @@ def kernel_profile(bench: Bench, unfreeze: int, top: int = 10) -> list[str]:
     return rows
 
 
+# Environment variables that hold torch's own kernels and oneDNN's (the convolutions) to a
+# narrower instruction set than the CPU has (`make bench-avx2`).
+ISA_HOLDS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
+
+
+def isa_holds() -> str:
+    """The variables that hold kernels to an instruction set, as set here ('' when none)."""
+    return " ".join(f"{k}={os.environ[k]}" for k in ISA_HOLDS if os.environ.get(k))
+
+
 def machine(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
@@ -359,7 +370,9 @@ def machine(device: torch.device) -> str:
     name = next((line.split(":", 1)[1].strip() for line in info.splitlines()
                  if line.startswith("model name")), platform.machine())
     isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in cpu_flags()]
-    return (f"{name} ({', '.join(isa) or 'no AVX2'}), {torch.get_num_threads()} threads, "
+    held = (f"; kernels held by {isa_holds()}, torch's CPU capability "
+            f"{torch.backends.cpu.get_cpu_capability()}" if isa_holds() else "")
+    return (f"{name} ({', '.join(isa) or 'no AVX2'}{held}), {torch.get_num_threads()} threads, "
             f"torch {torch.__version__}")
 
 
@@ -430,7 +443,8 @@ def main() -> None:
     command = "python scripts/bench_throughput.py " + " ".join(sys.argv[1:])
     body = report(args, command.strip())
     title = ("CPU benchmark (`make bench`)" if not args.append
-             else f"{args.device} benchmark, {datetime.date.today().isoformat()}")
+             else ", ".join([f"{args.device} benchmark", *filter(None, [isa_holds()]),
+                             datetime.date.today().isoformat()]))
     write(args.out, body, args.append, title)
     sys.stdout.write(body)
 
