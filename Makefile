@@ -112,7 +112,9 @@ STUDY_TRAIN = $(BIN)/cutmix-train -m $(DATA_ARGS) $(LAUNCH_ARGS) data.train_subs
 	trainer.progress=false trainer.resume=auto hydra.sweep.dir=$(STUDY_DIR) \
 	'hydra.sweep.subdir=$${hydra.job.override_dirname}' $(ARGS)
 # cutmix-eval for the MixUp-vs-CutMix claim: 2,000 test images, all 15 corruptions (named, so
-# that a box without frost's photographs fails instead of measuring fewer), severities 1-5.
+# that a box without frost's photographs fails instead of measuring fewer), severities 1-5. In
+# batches of 32: on the 2-core EPYC 1,380 images/s against 920 at the runs' own 128, with
+# identical logits (docs/study.md).
 STUDY_CORRUPTIONS := $(call commas,gaussian_noise shot_noise impulse_noise defocus_blur \
 	glass_blur motion_blur zoom_blur snow fog brightness contrast elastic_transform pixelate \
 	jpeg_compression frost)
@@ -162,7 +164,7 @@ study-eval: setup ## cutmix-eval on 2,000 test images for the study's MixUp / Cu
 	  test -d "$$run/checkpoints" || { echo "study-eval: $$run was restored without its weights;" \
 	    "retrain it: mv '$$run/summary.json' '$$run/summary.restored.json' &&" \
 	    "make study STUDY_RESTORE=" >&2; exit 1; }; \
-	  $(BIN)/cutmix-eval "$$run" --limit 2000 --severities 1-5 \
+	  $(BIN)/cutmix-eval "$$run" --limit 2000 --severities 1-5 --batch-size 32 \
 	    --corruptions $(STUDY_CORRUPTIONS) || exit $$?; \
 	done
 
