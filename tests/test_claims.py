@@ -72,10 +72,9 @@ def test_third_design_rows_compare_the_intended_arms_in_their_own_strata() -> No
         assert len(found) == 1 and found[0].effect is not None, (text, stratum)
         return found[0].effect.mean
 
-    def contrast(a: str, b: str) -> float:
-        look = values("test_accuracy")
-        first, second = look(a, "1000 · study_long") or look(a, "full"), \
-            look(b, "1000 · study_long") or look(b, "full")
+    def contrast(a: str, b: str, stratum: str = "1000 · study_long") -> float:
+        first, second = values("test_accuracy")(a, stratum), values("test_accuracy")(b, stratum)
+        assert first and second, (a, b, stratum)
         return sum(first[s] - second[s] for s in range(5)) / 5
 
     assert effect("More CutMix late beats less", "1000 · study_long") == pytest.approx(
@@ -87,9 +86,9 @@ def test_third_design_rows_compare_the_intended_arms_in_their_own_strata() -> No
     assert effect("MixUp calibrates better", "1000 · study_long") == pytest.approx(
         contrast("study_mixup_increasing", "study_increasing"))
     assert effect("At full data, the default's CutMix helps", "full") == pytest.approx(
-        contrast("default_run", "default_no_mixing"))
+        contrast("default_run", "default_no_mixing", "full"))
     assert effect("At full data, mixing in the last epoch", "full") == pytest.approx(
-        contrast("default_run", "default_mixing_off_last"))
+        contrast("default_run", "default_mixing_off_last", "full"))
     # Each claim stays in its own strata: no full-data row in the study's cells and back.
     assert not [r for r in rows if r.stratum == "full" and r.effect is not None
                 and not r.claim.text.startswith("At full data")]

@@ -5,7 +5,10 @@ run counts the images it mixed."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -185,3 +188,66 @@ def test_time_to_accuracy_is_the_elapsed_time_of_the_first_epoch_at_each_level()
                {"val_accuracy": 0.915, "elapsed_seconds": 220.0}]
     assert time_to_accuracy(records, [0.9, 0.91, 0.92]) == {"0.90": 110.0, "0.91": 220.0,
                                                            "0.92": None}
+
+
+def test_study_eval_stops_on_a_run_restored_without_weights_and_skips_evaluated_ones(
+        tmp_path: Path) -> None:
+    """`make study-eval` scores each finished MixUp / CutMix run once; a run restored from
+    docs/results (summary, no checkpoints) stops the target with the line that says how to retrain
+    it, instead of an evaluation that cannot load weights."""
+    root = Path(__file__).resolve().parents[1]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "cutmix-train").touch()  # newer than pyproject.toml: `setup` has nothing to do
+    calls = tmp_path / "calls.txt"
+    fake_eval = bin_dir / "cutmix-eval"
+    fake_eval.write_text(f"#!{sys.executable}\nimport sys\n"
+                         f"open({str(calls)!r}, 'a').write(' '.join(sys.argv[1:]) + '\\n')\n")
+    fake_eval.chmod(0o755)
+    study = tmp_path / "study"
+    name = "experiment=study_{},schedule=study_long,trainer.seed=0"
+    evaluated, trained = study / name.format("increasing"), study / name.format("mixup_increasing")
+    for run in (evaluated, trained):
+        (run / "checkpoints").mkdir(parents=True)
+        (run / "summary.json").write_text("{}")
+    (evaluated / "eval").mkdir()
+    (evaluated / "eval" / "eval.json").write_text("{}")
+
+    def study_eval() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["make", "--no-print-directory", "study-eval", f"BIN={bin_dir}",
+                               f"STUDY_DIR={study}"], cwd=root, capture_output=True, text=True)
+
+    done = study_eval()
+    assert done.returncode == 0, done.stderr
+    assert calls.read_text().splitlines() == [
+        f"{trained} --limit 2000 --severities 1-5 --batch-size 32 --corruptions "
+        "gaussian_noise,shot_noise,impulse_noise,defocus_blur,glass_blur,motion_blur,zoom_blur,"
+        "snow,fog,brightness,contrast,elastic_transform,pixelate,jpeg_compression,frost"]
+
+    calls.unlink()
+    (trained / "checkpoints").rmdir()  # restored from docs/results: no weights on this machine
+    refused = study_eval()
+    assert refused.returncode != 0 and not calls.exists()
+    assert "restored without its weights" in refused.stderr
+    assert f"mv '{trained}/summary.json' '{trained}/summary.restored.json'" in refused.stderr
+
+
+def test_study_cost_counts_each_cell_at_its_fastest_seed(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """scripts/study_cost.py, the command behind docs/study.md's "about N h alone": runs that
+    differ only in their seed form one cell, costed at its fastest run times its runs."""
+    spec = importlib.util.spec_from_file_location("study_cost",
+                                                  Path(__file__).parents[1] / "scripts"
+                                                  / "study_cost.py")
+    study_cost = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study_cost)
+    seconds = {"experiment=a,trainer.seed=0": 100, "experiment=a,trainer.seed=1": 700,
+               "experiment=b,trainer.seed=0": 50, "trainer.seed=1,experiment=b": 60}
+    for name, total in seconds.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(
+            json.dumps({"total_seconds": total, "cpu_isa": "avx512"}))
+    assert study_cost.cost(tmp_path) == {"avx512": (4, 910.0, 2 * 100 + 2 * 50)}
+    assert study_cost.main([str(tmp_path)]) == 0
+    assert "4 runs" in capsys.readouterr().out
+    assert study_cost.main([str(tmp_path / "missing")]) == 2
