@@ -128,6 +128,17 @@ def test_sync_every_reads_the_loss_less_often_and_still_stops_a_nan(
                          "trainer.progress=false")
 
 
+def test_a_non_finite_loss_under_compile_names_compile_as_the_fix(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A compiled step can be wrong where eager is not (docs/benchmarks.md: NaN under
+    ATEN_CPU_CAPABILITY=avx2): the line then says to run without compile, not only to lower
+    the learning rates."""
+    monkeypatch.setenv("CUTMIX_RUNNER_FAULT", "nan_step:1")
+    with pytest.raises(RunError, match=r"step 1; run without trainer\.compile, or lower"):
+        train_in_process(tmp_path / "run", "experiment=smoke", "trainer.compile=true",
+                         "trainer.progress=false")
+
+
 def test_epoch_records_carry_the_first_step_time(smoke_run: Path) -> None:
     records = [json.loads(line) for line in (smoke_run / "metrics.jsonl").read_text().splitlines()]
     assert all(r["first_step_seconds"] > 0 for r in records)
