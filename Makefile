@@ -113,8 +113,7 @@ STUDY_TRAIN = $(BIN)/cutmix-train -m $(DATA_ARGS) $(LAUNCH_ARGS) data.train_subs
 	'hydra.sweep.subdir=$${hydra.job.override_dirname}' $(ARGS)
 # cutmix-eval for the MixUp-vs-CutMix claim: 2,000 test images, all 15 corruptions (named, so
 # that a box without frost's photographs fails instead of measuring fewer), severities 1-5. In
-# batches of 32: on the 2-core EPYC 1,380 images/s against 920 at the runs' own 128, with
-# identical logits (docs/study.md).
+# batches of 32, which give the same logits as the runs' own 128 (docs/study.md, sitting 4).
 STUDY_CORRUPTIONS := $(call commas,gaussian_noise shot_noise impulse_noise defocus_blur \
 	glass_blur motion_blur zoom_blur snow fog brightness contrast elastic_transform pixelate \
 	jpeg_compression frost)

@@ -258,11 +258,8 @@ def train_steps(run: Run, step: TrainStep, batches: tqdm, where: str) -> StepTal
             loss = tally.read_back(i, sync_every, run.world.all_agree)
         except NonFiniteLoss:
             at = f"step {i + 1}" if sync_every == 1 else f"by step {i + 1}"
-            # A compiled step can be wrong where eager is not (docs/benchmarks.md: NaN under
-            # ATEN_CPU_CAPABILITY=avx2), and no learning rate fixes that.
-            fix = ("run without trainer.compile, or lower the learning rates"
-                   if run.cfg.trainer.compile else "lower the learning rates")
-            raise RunError(f"non-finite loss in {where}, {at}; {fix}. "
+            fix = "run without trainer.compile, or " if run.cfg.trainer.compile else ""
+            raise RunError(f"non-finite loss in {where}, {at}; {fix}lower the learning rates. "
                            f"{run.dir.last} holds the last good epoch") from None
         run.world.check_stop()  # abandons the rest of the epoch; last.pt holds the previous one
         if loss is not None:  # the device has synced: this step's own loss costs nothing
