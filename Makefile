@@ -139,8 +139,9 @@ study: setup ## the third study (resumable; docs/study.md) -> docs/results/study
 # The user's practical question at full data (48,000 images, the default run's recipe): the
 # default vs no mixing vs mixing off in its last epoch, seeds 0-2. Clean-train accuracy and flip
 # rates on 2,000 images, as in the rest of the study (trainer=cpu measures 1,000 and 500; these
-# sizes only measure, they change no weight).
+# sizes only measure, they change no weight). Restores first, so that run alone it skips too.
 study-full-data: setup ## the study's full-data row (3 arms x 3 seeds of the default run)
+	$(STUDY_RESTORE)
 	$(BIN)/cutmix-train -m $(DATA_ARGS) $(LAUNCH_ARGS) trainer.seed=0,1,2 \
 		experiment=default_run,default_no_mixing,default_mixing_off_last \
 		trainer.clean_train_size=2000 trainer.flip_subset=2000 \

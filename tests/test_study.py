@@ -251,3 +251,14 @@ def test_study_cost_counts_each_cell_at_its_fastest_seed(
     assert study_cost.main([str(tmp_path)]) == 0
     assert "4 runs" in capsys.readouterr().out
     assert study_cost.main([str(tmp_path / "missing")]) == 2
+
+
+def test_study_full_data_alone_restores_finished_runs_first(tmp_path: Path) -> None:
+    """Run by itself on a new machine, the full-data row first takes its finished runs back
+    from docs/results/study/runs, so it skips them instead of training them again."""
+    (tmp_path / "cutmix-train").touch()  # newer than pyproject.toml: `setup` has nothing to do
+    recipe = subprocess.run(["make", "-n", "--no-print-directory", "study-full-data",
+                             f"BIN={tmp_path}"], cwd=Path(__file__).resolve().parents[1],
+                            capture_output=True, text=True, check=True).stdout.splitlines()
+    assert recipe[0].endswith("scripts/collect_runs.py docs/results/study/runs multirun/study3")
+    assert "cutmix-train -m" in recipe[1]
