@@ -276,7 +276,8 @@ def settings(bench: Bench) -> list[str]:
                     f"{builtin:.0f} | {explicit / builtin:.2f} |")
     device = bench.runtime.device
     # trainer=cpu's batch against trainer=default's, and against half of it (more updates per
-    # epoch, if the smaller batch does not run slower per image).
+    # epoch, if the smaller batch does not run slower per image). Each pair is timed back to
+    # back, so `this` is measured again for each `other`: this host drifts between rows.
     for other in (128 if bench.batch != 128 else 64, bench.batch // 2):
         for name in ("head only", "top 3 blocks", "top 5 blocks"):
             this = ours(bench, SETTINGS[name])
@@ -305,7 +306,8 @@ def settings(bench: Bench) -> list[str]:
                 f"| {averaged:.0f} | {eager:.0f} | {averaged / eager:.2f} |")
     fp32, bf16 = eval_speed(bench, "fp32"), eval_speed(bench, "bf16")
     rows.append(f"| eval: bf16 autocast vs fp32 | {bf16:.0f} | {fp32:.0f} | {bf16 / fp32:.2f} |")
-    # Smaller batches stay in cache on small CPUs: `make study-eval` scores in batches of 32.
+    # Around the run's batch (`make study-eval` scores in batches of 32) and beyond it, where
+    # batches fall out of a small CPU's cache.
     for batch in (bench.batch // 2, 2 * bench.batch, 4 * bench.batch):
         other = eval_speed(bench, "fp32", batch)
         rows.append(f"| eval fp32: batch {batch} vs {bench.batch} | {other:.0f} | "

@@ -7,6 +7,7 @@ import copy
 import dataclasses
 import functools
 import http.server
+import importlib.util
 import json
 import os
 import pickle
@@ -18,9 +19,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_CIFAR = ROOT.parent / "shared" / "data" / "cifar10"
@@ -28,6 +31,16 @@ CONFIG_DIR = str(ROOT / "configs")
 SMOKE = ("experiment=smoke", "trainer.progress=false")
 # metrics.jsonl keys that are machine time, not results: runs compare without them.
 TIMING = {"images_per_second", "seconds", "first_step_seconds", "elapsed_seconds"}
+
+
+def script_module(name: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """scripts/NAME.py imported as a module, for in-process tests of its functions; registered in
+    sys.modules for the test only (a script's dataclasses look their module up)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, module)
+    spec.loader.exec_module(module)
+    return module
 
 
 def write_cifar_folder(folder: Path, per_batch: int = 20, test: int = 20, seed: int = 0) -> None:

@@ -3,27 +3,16 @@ set than the CPU has (`make bench-avx2`) says so, so its table is never read as 
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
-import sys
 
 import pytest
 import torch
 
-from tests.helpers import ROOT
-
-
-def _bench_module(monkeypatch: pytest.MonkeyPatch):
-    spec = importlib.util.spec_from_file_location("bench_throughput",
-                                                  ROOT / "scripts" / "bench_throughput.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)  # its dataclasses look themselves up
-    spec.loader.exec_module(module)
-    return module
+from tests.helpers import ROOT, script_module
 
 
 def test_the_machine_line_names_an_instruction_set_hold(monkeypatch: pytest.MonkeyPatch) -> None:
-    bench = _bench_module(monkeypatch)
+    bench = script_module("bench_throughput", monkeypatch)
     for name in bench.ISA_HOLDS:
         monkeypatch.delenv(name, raising=False)
     assert "held" not in bench.machine(torch.device("cpu"))

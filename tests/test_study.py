@@ -5,7 +5,6 @@ run counts the images it mixed."""
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from cutmix_runner.config import expected_dose
 from cutmix_runner.data import build_splits
 from cutmix_runner.summary import dose
 from cutmix_runner.validation import validate
-from tests.helpers import SMOKE, compose, train_in_process
+from tests.helpers import ROOT, SMOKE, compose, script_module, train_in_process
 
 
 def _leaves(tree: object, prefix: str = "") -> dict[str, object]:
@@ -195,7 +194,6 @@ def test_study_eval_stops_on_a_run_restored_without_weights_and_skips_evaluated_
     """`make study-eval` scores each finished MixUp / CutMix run once; a run restored from
     docs/results (summary, no checkpoints) stops the target with the line that says how to retrain
     it, instead of an evaluation that cannot load weights."""
-    root = Path(__file__).resolve().parents[1]
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "cutmix-train").touch()  # newer than pyproject.toml: `setup` has nothing to do
@@ -215,7 +213,7 @@ def test_study_eval_stops_on_a_run_restored_without_weights_and_skips_evaluated_
 
     def study_eval() -> subprocess.CompletedProcess[str]:
         return subprocess.run(["make", "--no-print-directory", "study-eval", f"BIN={bin_dir}",
-                               f"STUDY_DIR={study}"], cwd=root, capture_output=True, text=True)
+                               f"STUDY_DIR={study}"], cwd=ROOT, capture_output=True, text=True)
 
     done = study_eval()
     assert done.returncode == 0, done.stderr
@@ -233,14 +231,11 @@ def test_study_eval_stops_on_a_run_restored_without_weights_and_skips_evaluated_
 
 
 def test_study_cost_counts_each_cell_at_its_fastest_seed(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """scripts/study_cost.py, the command behind docs/study.md's "about N h alone": runs that
     differ only in their seed form one cell, costed at its fastest run times its runs."""
-    spec = importlib.util.spec_from_file_location("study_cost",
-                                                  Path(__file__).parents[1] / "scripts"
-                                                  / "study_cost.py")
-    study_cost = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(study_cost)
+    study_cost = script_module("study_cost", monkeypatch)
     seconds = {"experiment=a,trainer.seed=0": 100, "experiment=a,trainer.seed=1": 700,
                "experiment=b,trainer.seed=0": 50, "trainer.seed=1,experiment=b": 60}
     for name, total in seconds.items():
@@ -258,7 +253,7 @@ def test_study_full_data_alone_restores_finished_runs_first(tmp_path: Path) -> N
     from docs/results/study/runs, so it skips them instead of training them again."""
     (tmp_path / "cutmix-train").touch()  # newer than pyproject.toml: `setup` has nothing to do
     recipe = subprocess.run(["make", "-n", "--no-print-directory", "study-full-data",
-                             f"BIN={tmp_path}"], cwd=Path(__file__).resolve().parents[1],
+                             f"BIN={tmp_path}"], cwd=ROOT,
                             capture_output=True, text=True, check=True).stdout.splitlines()
     assert recipe[0].endswith("scripts/collect_runs.py docs/results/study/runs multirun/study3")
     assert "cutmix-train -m" in recipe[1]
