@@ -74,11 +74,12 @@ def model_and_preprocess(cfg: RunConfig, num_classes: int, device: torch.device,
 
 def weight_average(model: nn.Module, cfg: RunConfig) -> ModelEmaV3 | None:
     """The moving average of the weights that trainer.ema_decay asks for (a copy of the model,
-    updated after every step), or None. timm's warmup lets the decay grow with the step count
-    (1 - (1 + t)^(-2/3), capped at ema_decay), so the random head of the first steps fades fast."""
+    updated after every step), or None. timm's warmup (trainer.ema_warmup) lets the decay grow
+    with the step count (1 - (1 + t)^(-2/3), capped at ema_decay), so the random head of the
+    first steps fades fast."""
     if cfg.trainer.ema_decay is None:
         return None
-    return ModelEmaV3(model, decay=cfg.trainer.ema_decay, use_warmup=True)
+    return ModelEmaV3(model, decay=cfg.trainer.ema_decay, use_warmup=cfg.trainer.ema_warmup)
 
 
 def stage_step(model: nn.Module, cfg: RunConfig, index: int, stage: StageConfig,
@@ -97,7 +98,8 @@ def stage_step(model: nn.Module, cfg: RunConfig, index: int, stage: StageConfig,
     scheduler = build_scheduler(optimizer, stage, steps, cfg.optim.min_lr_ratio)
     regularizer = build_regularizer(stage.regularizer, data.num_classes,
                                     seed=runtime.world.seed(cfg.trainer.seed * 1000 + index))
-    return plan, TrainStep(model, optimizer, scheduler, regularizer, preprocess,
-                           runtime.autocast, stage.regularizer.label_smoothing,
-                           cfg.optim.grad_clip, check_finite=cfg.trainer.sync_every == 1,
+    return plan, TrainStep(model, optimizer, scheduler, regularizer,
+                           preprocess.at(stage.image_size), runtime.autocast,
+                           stage.regularizer.label_smoothing, cfg.optim.grad_clip,
+                           check_finite=cfg.trainer.sync_every == 1,
                            all_agree=runtime.world.all_agree)

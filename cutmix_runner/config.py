@@ -247,6 +247,10 @@ class StageConfig:
     lr_head: float = MISSING
     lr_backbone: float = MISSING
     warmup_epochs: float = 0.0
+    # Training resolution in this stage (null: model.image_size). Evaluation always runs at
+    # model.image_size, so a lower size early is progressive resizing: cheaper epochs while the
+    # backbone adapts, the final size for the last ones (docs/benchmarks.md, "Default-run levers").
+    image_size: int | None = None
     regularizer: RegularizerConfig = field(default_factory=RegularizerConfig)
 
     def validate(self, key: str) -> None:
@@ -262,6 +266,8 @@ class StageConfig:
                f"must be >= 0, got {self.lr_backbone}")
         _check(0 <= self.warmup_epochs <= self.epochs, f"{key}.warmup_epochs",
                f"must be in [0, epochs], got {self.warmup_epochs}")
+        _check(self.image_size is None or self.image_size >= 8, f"{key}.image_size",
+               f"must be at least 8 pixels or null, got {self.image_size}")
         self.regularizer.validate(f"{key}.regularizer", self.epochs)
 
 
@@ -382,6 +388,10 @@ class TrainerConfig:
     # stage-end rules (patience, max_gap) and the search's pruning see, and what the
     # checkpoints' "model" holds; null: off.
     ema_decay: float | None = None
+    # false: the decay is ema_decay from the first step. In a run as short as the default
+    # (3,000 steps) the warmup keeps the decay below 0.996, an average over ~200 steps
+    # whatever the cap (docs/benchmarks.md, "Default-run levers").
+    ema_warmup: bool = True
 
     def validate(self) -> None:
         _check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),

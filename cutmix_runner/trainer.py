@@ -226,9 +226,9 @@ def train_epoch(run: Run, name: str, stage: StageConfig, epoch: int, plan: Freez
         "stage": name, "epoch": epoch + 1, "global_epoch": run.progress.global_epoch,
         "lr_start": lr_start, "lr_end": {g["name"]: g["lr"] for g in step.optimizer.param_groups},
         **tally.record(train_seconds), "regularizer": stage.regularizer.name,
-        "reg_mode": stage.regularizer.mode,
-        "reg_prob": step.regularizer.prob, "reg_min_area": step.regularizer.min_area,
-        "reg_max_area": step.regularizer.max_area,
+        "reg_mode": stage.regularizer.mode, "reg_prob": step.regularizer.prob,
+        "reg_min_area": step.regularizer.min_area, "reg_max_area": step.regularizer.max_area,
+        "image_size": stage.image_size or run.evaluator.preprocess.image_size,
     }
     if world.is_writer:
         evaluation = run.evaluator.epoch(run.data, *run.clean_train)

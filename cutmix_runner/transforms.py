@@ -7,6 +7,8 @@ no per-image PIL work and no worker processes.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 
@@ -24,6 +26,14 @@ class Preprocess:
         self.mean = torch.tensor(mean).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(std).view(1, 3, 1, 1) * 255
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def at(self, image_size: int | None) -> Preprocess:
+        """The same transform at another resolution (None: this one)."""
+        if image_size is None or image_size == self.image_size:
+            return self
+        other = copy.copy(self)
+        other.image_size = image_size
+        return other
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.mean.device != x.device:  # moved once: a copy per batch would sync a GPU

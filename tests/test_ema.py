@@ -62,6 +62,20 @@ def test_the_average_warms_up_then_caps_its_decay() -> None:
     assert decay == 0.5 and expected == pytest.approx(4.0, abs=0.1)
 
 
+def test_without_warmup_the_decay_is_the_cap_from_the_second_update() -> None:
+    """trainer.ema_warmup=false, hand-computed: the first update copies the weights (4), as
+    with the warmup; after it every update keeps half of the average (the cap, 0.5):
+    0.5 * 4 + 0.5 * 2 = 3, then 0.5 * 3 + 0.5 * 8 = 5.5. The warmup's decay at t = 1 would be
+    0.370 instead, giving 2.74."""
+    model = torch.nn.Linear(1, 1, bias=False)
+    ema = build.weight_average(model, recipe("trainer.ema_decay=0.5", "trainer.ema_warmup=false"))
+    assert ema is not None
+    for step, (weight, expected) in enumerate([(4.0, 4.0), (2.0, 3.0), (8.0, 5.5)], start=1):
+        model.weight.data.fill_(weight)
+        ema.update(model, step=step)
+        assert ema.module.weight.item() == pytest.approx(expected), step
+
+
 def test_the_tools_load_the_average(ema_run: Path) -> None:
     trained = load_trained(ema_run / "checkpoints" / "best.pt")
     best = _state(ema_run, "best.pt")

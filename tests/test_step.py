@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import json
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from cutmix_runner.mixing import CutMix
 from cutmix_runner.step import NonFiniteLoss, StepTally, TrainStep, train_step
+from tests.helpers import SMOKE, train_in_process
 
 
 def _step(label_smoothing: float = 0.0, grad_clip: float | None = None) -> TrainStep:
@@ -93,3 +97,23 @@ def test_read_back_happens_every_n_steps_and_catches_a_non_finite_loss_late() ->
     assert reads[:2] == [None, None] and reads[3:5] == [None, None]
     assert isinstance(reads[2], float) and reads[5] == "stopped"
     assert tally.first_step_seconds > 0
+
+
+def test_a_stage_trains_at_its_own_image_size_and_every_evaluation_at_the_models(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """schedule.stages.NAME.image_size (progressive resizing): that stage's training batches
+    reach the model at its size; the other stages, and every evaluation, at model.image_size."""
+    from cutmix_runner import build
+
+    seen: set[tuple[bool, int]] = set()
+    build_model = build.model_and_preprocess
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        model, preprocess = build_model(*args, **kwargs)
+        model.register_forward_pre_hook(lambda m, x: seen.add((m.training, x[0].shape[-1])))
+        return model, preprocess
+    monkeypatch.setattr(build, "model_and_preprocess", watched)
+    train_in_process(tmp_path / "run", *SMOKE, "schedule.stages.adapt.image_size=24")
+    assert seen == {(True, 24), (True, 32), (False, 32)}
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert {r["stage"]: r["image_size"] for r in records} == {"head": 32, "adapt": 24, "late": 32}
