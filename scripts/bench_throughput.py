@@ -284,6 +284,16 @@ def settings(bench: Bench) -> list[str]:
             that = ours(dataclasses.replace(bench, batch=other), SETTINGS[name])
             rows.append(f"| {name}: batch {bench.batch} vs {other} | {this:.0f} | {that:.0f} | "
                         f"{this / that:.2f} |")
+    # Training resolution (schedule.stages.NAME.image_size): the smaller sizes for the early,
+    # head and Stage-2, epochs of progressive resizing, the larger ones for the late stage. With
+    # TF "same" padding the stride-32 maps are 3 x 3 from 65 to 96 px and 4 x 4 from 97 px.
+    for unfreeze, name, sizes in ((1, "head + last block", (56, 64)),
+                                  (5, "top 5 blocks", (64, 88, 96, 104, 112))):
+        for size in sizes:
+            this = ours(bench, unfreeze)
+            that = ours(dataclasses.replace(bench, size=size), unfreeze)
+            rows.append(f"| {name}: {size} px vs {bench.size} px | {that:.0f} | {this:.0f} | "
+                        f"{that / this:.2f} |")
     for unfreeze, name in ((1, "head + last block"), (3, "top 3 blocks"), (4, "top 4 blocks")):
         fp32 = ours(bench, unfreeze)
         bf16 = ours(dataclasses.replace(bench, runtime=Runtime(device, "bf16")), unfreeze)
@@ -438,7 +448,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--sizes", type=int, nargs="+", default=[80],
-                        help="input px (80: the default run's)")
+                        help="input px (80: the default run's until 2026-12-07, kept so that "
+                             "tables compare across sessions; the training-resolution rows "
+                             "measure 56-112 px against it)")
     parser.add_argument("--batches", type=int, nargs="+", default=[64],
                         help="training batch (64: the default run's, trainer=cpu)")
     parser.add_argument("--repeats", type=int, default=None,
