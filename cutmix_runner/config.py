@@ -388,9 +388,9 @@ class TrainerConfig:
     # stage-end rules (patience, max_gap) and the search's pruning see, and what the
     # checkpoints' "model" holds; null: off.
     ema_decay: float | None = None
-    # false: the decay is ema_decay from the first step. In a run as short as the default
-    # (3,000 steps) the warmup keeps the decay below 0.996, an average over ~200 steps
-    # whatever the cap (docs/benchmarks.md, "Default-run levers").
+    # false: the first update copies the weights and every later one uses ema_decay itself. In
+    # a run as short as the default (3,000 steps) the warmup keeps the decay below 0.996, an
+    # average over ~200 steps whatever the cap (docs/benchmarks.md, "Default-run levers").
     ema_warmup: bool = True
 
     def validate(self) -> None:
