@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from cutmix_runner.mixing import Regularizer, smooth, soft_target_cross_entropy
+from cutmix_runner.transforms import Preprocess
 
 
 class NonFiniteLoss(ArithmeticError):
@@ -39,7 +40,7 @@ class TrainStep:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     regularizer: Regularizer
-    preprocess: Callable[[torch.Tensor], torch.Tensor]
+    preprocess: Preprocess  # at the stage's training size (schedule.stages.NAME.image_size)
     autocast: Callable[[], Any]
     label_smoothing: float = 0.0
     grad_clip: float | None = None

@@ -228,7 +228,7 @@ def train_epoch(run: Run, name: str, stage: StageConfig, epoch: int, plan: Freez
         **tally.record(train_seconds), "regularizer": stage.regularizer.name,
         "reg_mode": stage.regularizer.mode, "reg_prob": step.regularizer.prob,
         "reg_min_area": step.regularizer.min_area, "reg_max_area": step.regularizer.max_area,
-        "image_size": stage.image_size or run.evaluator.preprocess.image_size,
+        "image_size": step.preprocess.image_size,
     }
     if world.is_writer:
         evaluation = run.evaluator.epoch(run.data, *run.clean_train)

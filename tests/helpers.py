@@ -33,6 +33,14 @@ SMOKE = ("experiment=smoke", "trainer.progress=false")
 TIMING = {"images_per_second", "seconds", "first_step_seconds", "elapsed_seconds"}
 
 
+def leaves(tree: object, prefix: str = "") -> dict[str, object]:
+    """A nested config as {"dotted.key": value}, for comparing presets key by key."""
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items()
+                for k, v in leaves(sub, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): tree}
+
+
 def script_module(name: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     """scripts/NAME.py imported as a module, for in-process tests of its functions; registered in
     sys.modules for the test only (a script's dataclasses look their module up)."""

@@ -11,6 +11,7 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 from cutmix_runner.cli import CONFIG_DIR
 from cutmix_runner.config import ConfigError
 from cutmix_runner.validation import validate
+from tests.helpers import leaves
 
 
 def _compose(*overrides: str):
@@ -47,8 +48,8 @@ def test_default_run_is_the_staged_recipe_fitted_to_the_cpu_budget() -> None:
     """experiment=default_run (the default until 2026-12-07, and the study's full-data row)
     differs from cutmix_staged, the recipe the presets and the study run, only in what issue 11
     measured; trainer=gpu still replaces its trainer."""
-    default = _leaves(OmegaConf.to_container(_compose("experiment=default_run")))
-    staged = _leaves(OmegaConf.to_container(_compose("experiment=cutmix_staged")))
+    default = leaves(OmegaConf.to_container(_compose("experiment=default_run")))
+    staged = leaves(OmegaConf.to_container(_compose("experiment=cutmix_staged")))
     assert {k: (staged[k], v) for k, v in default.items() if staged[k] != v} == {
         "trainer.batch_size": (128, 64), "trainer.eval_batch_size": (128, 64),
         "trainer.frozen_precision": ("fp32", "auto"), "trainer.clean_train_size": (2000, 1000),
@@ -60,8 +61,8 @@ def test_default_run_is_the_staged_recipe_fitted_to_the_cpu_budget() -> None:
 def test_the_default_is_default_run_with_progressive_resizing() -> None:
     """`cutmix-train` with no experiment: default_run with Stage-1 and Stage-2 at 56 px and
     the late stage, and every evaluation, at 96 px (issue 23, measured on 3 seeds)."""
-    default = _leaves(OmegaConf.to_container(_compose()))
-    previous = _leaves(OmegaConf.to_container(_compose("experiment=default_run")))
+    default = leaves(OmegaConf.to_container(_compose()))
+    previous = leaves(OmegaConf.to_container(_compose("experiment=default_run")))
     assert {k: (previous[k], v) for k, v in default.items() if previous[k] != v} == {
         "model.image_size": (80, 96), "schedule.stages.head.image_size": (None, 56),
         "schedule.stages.adapt.image_size": (None, 56)}
@@ -173,19 +174,12 @@ def test_a_mistyped_group_option_lists_every_option_nearest_first() -> None:
                                    "default (nearest first)")
 
 
-def _leaves(tree: object, prefix: str = "") -> dict[str, object]:
-    if isinstance(tree, dict):
-        return {k: v for key, sub in tree.items()
-                for k, v in _leaves(sub, f"{prefix}{key}.").items()}
-    return {prefix.rstrip("."): tree}
-
-
 def _differences(preset: str) -> dict[str, object]:
     """The composed config's leaves that differ from cutmix_staged's."""
     from omegaconf import OmegaConf
 
-    staged = _leaves(OmegaConf.to_container(_compose("experiment=cutmix_staged")))
-    arm = _leaves(OmegaConf.to_container(_compose(f"experiment={preset}")))
+    staged = leaves(OmegaConf.to_container(_compose("experiment=cutmix_staged")))
+    arm = leaves(OmegaConf.to_container(_compose(f"experiment={preset}")))
     assert arm.keys() == staged.keys()
     return {k: arm[k] for k in arm if arm[k] != staged[k]}
 

@@ -12,6 +12,7 @@ import torch
 
 from cutmix_runner.mixing import CutMix
 from cutmix_runner.step import NonFiniteLoss, StepTally, TrainStep, train_step
+from cutmix_runner.transforms import Preprocess
 from tests.helpers import SMOKE, train_in_process
 
 
@@ -21,7 +22,8 @@ def _step(label_smoothing: float = 0.0, grad_clip: float | None = None) -> Train
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 ** s)
     return TrainStep(model, optimizer, scheduler, CutMix(3, prob=1.0, seed=0),
-                     lambda x: x.float() / 255, contextlib.nullcontext, label_smoothing,
+                     Preprocess(4, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),  # x / 255
+                     contextlib.nullcontext, label_smoothing,
                      grad_clip)
 
 

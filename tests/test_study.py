@@ -18,18 +18,11 @@ from cutmix_runner.config import expected_dose
 from cutmix_runner.data import build_splits
 from cutmix_runner.summary import dose
 from cutmix_runner.validation import validate
-from tests.helpers import ROOT, SMOKE, compose, script_module, train_in_process
-
-
-def _leaves(tree: object, prefix: str = "") -> dict[str, object]:
-    if isinstance(tree, dict):
-        return {k: v for key, sub in tree.items()
-                for k, v in _leaves(sub, f"{prefix}{key}.").items()}
-    return {prefix.rstrip("."): tree}
+from tests.helpers import ROOT, SMOKE, compose, leaves, script_module, train_in_process
 
 
 def _config(preset: str, *overrides: str) -> dict[str, object]:
-    return _leaves(OmegaConf.to_container(compose(f"experiment={preset}", *overrides),
+    return leaves(OmegaConf.to_container(compose(f"experiment={preset}", *overrides),
                                           resolve=True))
 
 
