@@ -74,14 +74,12 @@ def complain(text: str, shared: bool = False) -> None:
 
 
 def rank_overrides() -> list[str]:
-    """Hydra overrides for ranks other than 0: no output directory, .hydra/ or log file of their
-    own. They train into rank 0's run directory (trainer.train), where rank 0 alone writes.
-    Rank 0's .hydra/ is written by `save_hydra_files`, once the run's checks have passed: Hydra
-    would write it before the job starts, over a finished run's own files."""
+    """Hydra overrides for ranks other than 0: no output directory or log file of their own.
+    They train into rank 0's run directory (trainer.train), where rank 0 alone writes; no rank
+    writes .hydra/ through Hydra (configs/train.yaml: hydra.output_subdir)."""
     if rank() == 0:
-        return ["hydra.output_subdir=null"]
-    return ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=none",
-            "hydra/hydra_logging=none"]
+        return []
+    return ["hydra.run.dir=.", "hydra/job_logging=none", "hydra/hydra_logging=none"]
 
 
 def remove_if_untouched(out_dir: Path) -> None:
@@ -215,9 +213,7 @@ def main() -> None:
         print(version_text())
         return
     os.environ["HYDRA_FULL_ERROR"] = "1"
-    own_subdir = any(arg.startswith("hydra.output_subdir=") for arg in sys.argv[1:])
-    sys.argv += [o for o in rank_overrides()
-                 if not (own_subdir and o.startswith("hydra.output_subdir="))]
+    sys.argv += rank_overrides()
     try:
         train()
     except (HydraException, OmegaConfBaseException) as exc:

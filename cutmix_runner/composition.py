@@ -47,6 +47,10 @@ def one_line(exc: BaseException) -> str:
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
         key = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("full_key:")), "")
         first = lines[0] if lines else type(exc).__name__
+        if "is not a subclass of StageConfig" in first:  # `+schedule.stages.NAME...=`
+            return (f"schedule.stages.{key}: a new stage cannot be added on the command line "
+                    "(Hydra adds it as an untyped dict); add it in an experiment file, as "
+                    "configs/experiment/progressive_late64.yaml does (docs/usage.md, 'A stage')")
         return f"{first} (key: {key})" if key and key not in first else first
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     # Hydra's override errors put the cause after "Could not override ...".

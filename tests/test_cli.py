@@ -123,6 +123,7 @@ def _assert_one_line_error(result, pattern: str) -> None:
     (("model.name=resnet_does_not_exist",), "unknown timm model 'resnet_does_not_exist'"),
     (("schedule.stages.late.unfreeze_blocks=40",), "unfreeze_blocks"),
     (("trainer.batch_size=100000",), "larger than the training set"),
+    (("+schedule.stages.final.epochs=1",), "schedule.stages.final: a new stage cannot be added"),
 ])
 def test_bad_input_gets_one_line(args: tuple[str, ...], pattern: str, smoke_run: Path,
                                  tmp_path: Path) -> None:
@@ -131,6 +132,14 @@ def test_bad_input_gets_one_line(args: tuple[str, ...], pattern: str, smoke_run:
     _assert_one_line_error(result, pattern)
     assert _tree_bytes(smoke_run) == before
     assert not (tmp_path / "run").exists()  # the refused run left no folder behind
+
+
+def test_hydra_options_may_follow_the_overrides() -> None:
+    """`cutmix-train KEY=VALUE --cfg job`, as any Hydra app takes it: what the runner adds to
+    the command line must not land after the user's options (argparse then refuses it)."""
+    result = train_cli(*SMOKE, "model.drop_rate=0.1", "--cfg", "job")
+    assert result.returncode == 0, result.stderr
+    assert yaml.safe_load(result.stdout)["model"]["drop_rate"] == 0.1
 
 
 def test_output_directory_not_writable(tmp_path: Path) -> None:

@@ -135,7 +135,7 @@ PRESETS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"
 @pytest.mark.parametrize("name", PRESETS)
 def test_every_experiment_preset_composes_and_validates(name: str) -> None:
     run = validate(_compose(f"experiment={name}"))
-    assert list(run.schedule.stages) == ["head", "adapt", "late"]
+    assert list(run.schedule.stages)[:3] == ["head", "adapt", "late"]  # some add a stage after
 
 
 def test_empty_stage_list_is_rejected() -> None:
